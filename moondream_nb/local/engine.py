@@ -1,0 +1,199 @@
+"""The built-in model behind the protocol: rollouts, inference and train steps in API shapes.
+
+``Engine`` holds one frozen base model; adapters (one per finetune) are passed in by the caller,
+which owns their storage. Requests and outputs are the wire dicts of ``API.md`` (images as data
+URLs), already validated by the caller.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from . import tokenizer as tk
+from .model import VLM, Adapter, Config, preprocess
+from .sampler import Row, generate
+from .train import Example, RLGroup, StepResult, train_step
+from .weights import BASE, load_base_into, read_meta
+
+MAX_PIXELS = 16_000_000
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_TOKENS = {"query": 128, "caption": 128, "point": 128, "detect": 256}
+MODEL_MAX_OBJECTS = 20  # what the 320-token context can hold for detect (4 tokens a box)
+
+
+class ImageError(ValueError):
+    """The image cannot be used: bad data URL, not an image, or too large."""
+
+
+def decode_image(image_url: str) -> Image.Image:
+    """A ``data:image/...;base64,`` URL (or bare base64) → RGB PIL image, with size limits."""
+    data = image_url
+    if image_url.startswith("data:"):
+        head, _, data = image_url.partition(",")
+        if not head.endswith(";base64"):
+            raise ImageError("image_url: must be a base64 data URL (data:image/...;base64,...)")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("image_url: is not valid base64") from None
+    if len(raw) > MAX_IMAGE_BYTES:
+        raise ImageError(f"image_url: encoded image is {len(raw)} bytes, over the {MAX_IMAGE_BYTES} byte limit")
+    try:
+        img = Image.open(io.BytesIO(raw))
+        if img.width * img.height > MAX_PIXELS:
+            raise ImageError(f"image_url: image is {img.width}x{img.height}, over the {MAX_PIXELS} pixel limit")
+        img.draft("RGB", (4 * tk.RES, 4 * tk.RES))  # JPEG: decode at reduced scale, we only need 96 px
+        img.seek(0)
+        return img.convert("RGB")
+    except ImageError:
+        raise
+    except Exception:
+        raise ImageError("image_url: data is not a JPEG, PNG, WebP or GIF image") from None
+
+
+@dataclass
+class Prepared:
+    tensor: torch.Tensor
+    frame: tk.Frame
+
+
+class Engine:
+    """The base model plus an LRU of decoded images (each distinct image is decoded once)."""
+
+    def __init__(self, weights: str | None = None, cache_size: int = 256):
+        self.model = VLM(Config(**read_meta(weights or BASE).get("config", {})))
+        load_base_into(self.model, weights or BASE)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._images: OrderedDict[str, Prepared] = OrderedDict()
+        self._lock = threading.Lock()
+        self._cache_size = cache_size
+
+    # ---- images
+
+    def prepare(self, image_url: str) -> Prepared:
+        key = hashlib.sha1(image_url.encode()).hexdigest()
+        with self._lock:
+            hit = self._images.get(key)
+            if hit is not None:
+                self._images.move_to_end(key)
+                return hit
+        tensor, frame = preprocess(decode_image(image_url))
+        prepared = Prepared(tensor, frame)
+        with self._lock:
+            self._images[key] = prepared
+            while len(self._images) > self._cache_size:
+                self._images.popitem(last=False)
+        return prepared
+
+    def _blank(self) -> Prepared:
+        # A text-only query still needs image cells to attend to: a uniform grey square.
+        return Prepared(torch.zeros(3, tk.RES, tk.RES), tk.Frame.of(tk.RES, tk.RES))
+
+    def _image_of(self, request: dict[str, Any]) -> Prepared:
+        url = request.get("image_url")
+        return self.prepare(url) if url else self._blank()
+
+    # ---- sampling
+
+    def new_adapter(self, rank: int, seed: int = 0) -> Adapter:
+        return Adapter(self.model, rank, seed=seed)
+
+    def sample(self, request: dict[str, Any], n: int, adapter: Adapter | None = None, *, greedy_default: bool = False,
+               seed: int | None = None) -> list[dict[str, Any]]:
+        """``n`` rollouts of one skill request → API rollout dicts (with training metadata)."""
+        skill = request["skill"]
+        settings = request.get("settings") or {}
+        prep = self._image_of(request)
+        reasoning = skill == "query" and bool(request.get("reasoning"))
+        row = Row(
+            image=0,
+            prompt=tk.prompt_tokens(prep.frame, request),
+            skill=skill,
+            reasoning=reasoning,
+            temperature=float(settings.get("temperature", 0.0 if greedy_default else 1.0)),
+            top_p=float(settings.get("top_p", 1.0)),
+            max_tokens=int(settings.get("max_tokens", DEFAULT_MAX_TOKENS[skill])),
+            max_objects=min(int(settings.get("max_objects", MODEL_MAX_OBJECTS)), MODEL_MAX_OBJECTS),
+        )
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            memory = self.model.encode(prep.tensor.unsqueeze(0), adapter)
+            samples = generate(self.model, memory, [row] * n, adapter, gen)
+        return [self._rollout(skill, prep.frame, s.tokens, s.finish_reason, reasoning) for s in samples]
+
+    @staticmethod
+    def _rollout(skill: str, frame: tk.Frame, toks: list[int], finish: str, reasoning: bool) -> dict[str, Any]:
+        output = tk.decode(frame, skill, toks, reasoning=reasoning)
+        body = [t for t in toks if t != tk.EOS]
+        thinking: list[int] = []
+        has_sep = False
+        if reasoning and body and body[0] == tk.THINK:
+            has_sep = tk.ANSWER in body
+            end = body.index(tk.ANSWER) if has_sep else len(body)
+            thinking, body = body[1:end], body[end + 1:]
+        coords, sizes = [], []
+        if skill in ("point", "detect"):
+            per = 2 if skill == "point" else 4
+            for k in range(0, len(body) - per + 1, per):
+                cell, off = body[k] - tk.CELL0, body[k + 1] - tk.OFF0
+                coords.append([(cell % tk.GRID) * tk.OFFS + off % tk.OFFS, (cell // tk.GRID) * tk.OFFS + off // tk.OFFS])
+                if per == 4:
+                    sizes.append([body[k + 2] - tk.SIZE0, body[k + 3] - tk.SIZE0])
+        return {"skill": skill, "finish_reason": finish, "output": output, "answer_tokens": body,
+                "thinking_tokens": thinking, "has_answer_separator": has_sep, "coords": coords, "sizes": sizes}
+
+    def infer(self, kind: str, body: dict[str, Any], adapter: Adapter | None = None) -> dict[str, Any]:
+        """One inference call (/query, /caption, /point, /detect) → (output dict, finish_reason)."""
+        request = dict(body, skill=kind)
+        rollout = self.sample(request, 1, adapter, greedy_default=True)[0]
+        out = dict(rollout["output"])
+        if kind == "query" and not body.get("reasoning"):
+            out.pop("reasoning", None)
+        out["finish_reason"] = rollout["finish_reason"]
+        return out
+
+    # ---- training
+
+    def train(self, adapter: Adapter, optimizer: torch.optim.Optimizer, groups: Sequence[dict[str, Any]], lr: float) -> StepResult:
+        """One train step from API groups (RL: request/rollouts/rewards; SFT: request/target)."""
+        keys: dict[str, int] = {}
+        tensors: list[torch.Tensor] = []
+        rl: list[RLGroup] = []
+        sft: list[Example] = []
+
+        def image_index(request: dict[str, Any]) -> tuple[int, tk.Frame]:
+            url = request.get("image_url") or ""
+            prep = self._image_of(request)
+            if url not in keys:
+                keys[url] = len(tensors)
+                tensors.append(prep.tensor)
+            return keys[url], prep.frame
+
+        for g in groups:
+            request = skill_request(g["request"])
+            idx, frame = image_index(request)
+            if g["mode"] == "rl":
+                rl.append(RLGroup([Example(idx, frame, request, r["output"]) for r in g["rollouts"]], list(g["rewards"])))
+            else:
+                target = g["target"] if "target" in g else g["targets"][0]
+                sft.append(Example(idx, frame, request, target))
+        with torch.enable_grad():
+            return train_step(self.model, adapter, optimizer, torch.stack(tensors), rl, sft, lr)
+
+
+def skill_request(request: dict[str, Any]) -> dict[str, Any]:
+    """An RL/SFT group's ``request``: the echoed skill request, or the full /rollouts body."""
+    inner = request.get("request")
+    return inner if isinstance(inner, dict) and "skill" in inner else request

@@ -1,0 +1,289 @@
+"""The built-in vision-language model: a conv encoder over image cells and a small causal decoder.
+
+Design (what made it learn on two CPU cores, see ``pretrain.py``):
+
+- The encoder turns a 96×96 letterboxed image into 12×12 cell features (conv stack with 2-D
+  positions and the cell's mean colour, then two bidirectional transformer blocks). During
+  pretraining an auxiliary head predicts, per cell, the shape, colour, centre offset and size of
+  the object centred there, so the encoder learns to localize from the first minute.
+- The decoder reads one token sequence (prompt bytes, special tokens, coordinate tokens) and
+  cross-attends to the cells. Pointing is *selecting a cell*: the logits of the cell tokens are
+  the decoder state against each cell's features (a pointer), and a cell token's input embedding
+  is that cell's feature, so the next tokens (offset inside the cell, box width and height) and
+  spatial references in prompts see what lies there.
+- Every attention and MLP projection is a :class:`LoRALinear`; an :class:`Adapter` (rank 8–32)
+  passed to ``forward`` adds its low-rank update, so one frozen base serves many finetunes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import tokenizer as tk
+
+N_SHAPE_CLASSES = 6  # pretraining shapes + "none"
+N_COLOUR_CLASSES = 8  # pretraining colours + "none"
+
+
+@dataclass(frozen=True)
+class Config:
+    d: int = 160
+    heads: int = 4
+    enc_layers: int = 2
+    dec_layers: int = 4
+    mlp: int = 4
+    max_len: int = 320
+
+
+class Adapter:
+    """LoRA weights for every :class:`LoRALinear` of a model: ``A`` (r × in), ``B`` (out × r).
+
+    ``B`` starts at zero, so a fresh adapter leaves the base model's outputs unchanged.
+    """
+
+    def __init__(self, model: "VLM", rank: int, alpha: float | None = None, seed: int = 0):
+        self.rank = rank
+        self.scale = (alpha if alpha is not None else 2.0 * rank) / rank
+        g = torch.Generator().manual_seed(seed)
+        self.params: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, mod in model.lora_modules().items():
+            a = torch.randn(rank, mod.in_features, generator=g) / math.sqrt(mod.in_features)
+            b = torch.zeros(mod.out_features, rank)
+            self.params[name] = (a.requires_grad_(), b.requires_grad_())
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [t for ab in self.params.values() for t in ab]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, (a, b) in self.params.items():
+            out[f"{name}.lora_A"] = a.detach().contiguous()
+            out[f"{name}.lora_B"] = b.detach().contiguous()
+        return out
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, (a, b) in self.params.items():
+                a.copy_(sd[f"{name}.lora_A"])
+                b.copy_(sd[f"{name}.lora_B"])
+
+
+class LoRALinear(nn.Linear):
+    """``nn.Linear`` that adds an adapter's low-rank update when one is passed."""
+
+    lora_name = ""
+
+    def forward(self, x: torch.Tensor, adapter: Adapter | None = None) -> torch.Tensor:  # type: ignore[override]
+        y = F.linear(x, self.weight, self.bias)
+        if adapter is not None:
+            a, b = adapter.params[self.lora_name]
+            y = y + F.linear(F.linear(x, a), b) * adapter.scale
+        return y
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = LoRALinear(d, d)
+        self.k = LoRALinear(d, d)
+        self.v = LoRALinear(d, d)
+        self.o = LoRALinear(d, d)
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.heads, d // self.heads).transpose(1, 2)
+
+    def kv(self, src: torch.Tensor, ad: Adapter | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split(self.k(src, ad)), self.split(self.v(src, ad))
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ad: Adapter | None,
+               causal: bool = False, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q = self.split(self.q(x, ad))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
+        b, h, t, dh = y.shape
+        return self.o(y.transpose(1, 2).reshape(b, t, h * dh), ad)
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, mult: int):
+        super().__init__()
+        self.fc1 = LoRALinear(d, d * mult)
+        self.fc2 = LoRALinear(d * mult, d)
+
+    def forward(self, x: torch.Tensor, ad: Adapter | None) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x, ad)), ad)
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d)
+        self.attn = Attention(cfg.d, cfg.heads)
+        self.ln2 = nn.LayerNorm(cfg.d)
+        self.mlp = MLP(cfg.d, cfg.mlp)
+
+    def forward(self, x: torch.Tensor, ad: Adapter | None) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn.attend(h, *self.attn.kv(h, ad), ad)
+        return x + self.mlp(self.ln2(x), ad)
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d)
+        self.self_attn = Attention(cfg.d, cfg.heads)
+        self.ln2 = nn.LayerNorm(cfg.d)
+        self.cross = Attention(cfg.d, cfg.heads)
+        self.ln3 = nn.LayerNorm(cfg.d)
+        self.mlp = MLP(cfg.d, cfg.mlp)
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(8, cout), nn.GELU())
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.stages = nn.ModuleList([
+            _conv(3, 32, 2), _conv(32, 32), _conv(32, 64, 2), _conv(64, 64), _conv(64, 128, 2), _conv(128, 128),
+        ])
+        self.proj = nn.Linear(128 + 3, cfg.d)
+        self.pos = nn.Parameter(torch.randn(tk.N_CELLS, cfg.d) * 0.02)
+        self.blocks = nn.ModuleList([EncoderBlock(cfg) for _ in range(cfg.enc_layers)])
+        self.ln = nn.LayerNorm(cfg.d)
+
+    def forward(self, images: torch.Tensor, ad: Adapter | None) -> torch.Tensor:
+        x = images
+        for k, stage in enumerate(self.stages):
+            y = stage(x)
+            x = x + y if k % 2 == 1 else y  # residual on the stride-1 convs
+        colour = F.avg_pool2d(images, images.shape[-1] // tk.GRID)  # the cell's mean colour, kept linear
+        feats = torch.cat([x, colour], 1).flatten(2).transpose(1, 2)  # [B, cells, 131]
+        h = self.proj(feats) + self.pos
+        for blk in self.blocks:
+            h = blk(h, ad)
+        return self.ln(h)
+
+
+class VLM(nn.Module):
+    """Image (B×3×96×96, values in [-1, 1]) + token sequences → next-token logits over ``VOCAB``."""
+
+    def __init__(self, cfg: Config = Config()):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d
+        self.encoder = Encoder(cfg)
+        self.tok = nn.Embedding(tk.VOCAB, d)
+        self.pos = nn.Embedding(cfg.max_len, d)
+        self.cell_in = nn.Linear(d, d)
+        self.blocks = nn.ModuleList([DecoderBlock(cfg) for _ in range(cfg.dec_layers)])
+        self.ln_f = nn.LayerNorm(d)
+        self.head = nn.Linear(d, tk.VOCAB)
+        self.ptr_q = LoRALinear(d, d)
+        self.ptr_k = nn.Linear(d, d)
+        # Pretraining-only per-cell head: shape, colour, offset, width, height of the object centred there.
+        self.aux = nn.Linear(d, N_SHAPE_CLASSES + N_COLOUR_CLASSES + tk.N_OFFS + 2 * tk.SIZE_BINS)
+        for name, mod in self.named_modules():
+            if isinstance(mod, LoRALinear):
+                mod.lora_name = name
+        masks = torch.full((tk.N_STATES, tk.VOCAB), -1e9)
+        for s in range(tk.N_STATES):
+            masks[s, tk.allowed_ids(s)] = 0.0
+        self.register_buffer("state_masks", masks, persistent=False)
+
+    def lora_modules(self) -> dict[str, LoRALinear]:
+        return {m.lora_name: m for m in self.modules() if isinstance(m, LoRALinear)}
+
+    # ---- pieces shared by training and sampling
+
+    def encode(self, images: torch.Tensor, ad: Adapter | None = None) -> "Memory":
+        mem = self.encoder(images, ad)
+        kv = [blk.cross.kv(mem, ad) for blk in self.blocks]
+        return Memory(mem, kv, self.ptr_k(mem))
+
+    def embed(self, tokens: torch.Tensor, mem: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        x = self.tok(tokens) + self.pos(positions)
+        cell = (tokens - tk.CELL0).clamp(0, tk.N_CELLS - 1)
+        is_cell = ((tokens >= tk.CELL0) & (tokens < tk.CELL0 + tk.N_CELLS)).unsqueeze(-1)
+        feats = torch.gather(mem, 1, cell.unsqueeze(-1).expand(-1, -1, mem.shape[-1]))
+        return x + is_cell * self.cell_in(feats)
+
+    def logits(self, h: torch.Tensor, ptr_k: torch.Tensor, ad: Adapter | None) -> torch.Tensor:
+        h = self.ln_f(h)
+        out = self.head(h)
+        ptr = torch.einsum("btd,bcd->btc", self.ptr_q(h, ad), ptr_k) / math.sqrt(h.shape[-1])
+        return torch.cat([out[..., : tk.CELL0], ptr, out[..., tk.CELL0 + tk.N_CELLS:]], -1)
+
+    def decode(self, tokens: torch.Tensor, m: "Memory", ad: Adapter | None, positions: torch.Tensor,
+               cache: "KVCache | None" = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the decoder over ``tokens`` (appending to ``cache`` when given) → logits."""
+        x = self.embed(tokens, m.cells, positions)
+        for layer, (blk, (ck, cv)) in enumerate(zip(self.blocks, m.kv)):
+            h = blk.ln1(x)
+            k, v = blk.self_attn.kv(h, ad)
+            if cache is not None:
+                k, v = cache.extend(layer, k, v)
+            x = x + blk.self_attn.attend(h, k, v, ad, causal=cache is None, mask=mask)
+            x = x + blk.cross.attend(blk.ln2(x), ck, cv, ad)
+            x = x + blk.mlp(blk.ln3(x), ad)
+        return self.logits(x, m.ptr_k, ad)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, image_index: torch.Tensor,
+                ad: Adapter | None = None, memory: "Memory | None" = None) -> torch.Tensor:
+        """Teacher-forced logits ``[N, T, VOCAB]`` for ``tokens [N, T]`` over ``images[image_index]``."""
+        m = (memory if memory is not None else self.encode(images, ad)).select(image_index)
+        n, t = tokens.shape
+        return self.decode(tokens, m, ad, torch.arange(t).unsqueeze(0).expand(n, t))
+
+
+class KVCache:
+    """Preallocated self-attention keys/values for incremental decoding."""
+
+    def __init__(self, layers: int, batch: int, heads: int, length: int, head_dim: int):
+        self.k = torch.zeros(layers, batch, heads, length, head_dim)
+        self.v = torch.zeros(layers, batch, heads, length, head_dim)
+        self.len = 0
+        self._pending = 0
+
+    def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[2]
+        self.k[layer, :, :, self.len:self.len + t] = k
+        self.v[layer, :, :, self.len:self.len + t] = v
+        self._pending = t
+        return self.k[layer, :, :, : self.len + t], self.v[layer, :, :, : self.len + t]
+
+    def commit(self) -> None:
+        self.len += self._pending
+        self._pending = 0
+
+
+@dataclass
+class Memory:
+    """Encoded images: cell features, per-layer cross-attention keys/values, pointer keys."""
+
+    cells: torch.Tensor
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    ptr_k: torch.Tensor
+
+    def select(self, index: torch.Tensor) -> "Memory":
+        return Memory(self.cells[index], [(k[index], v[index]) for k, v in self.kv], self.ptr_k[index])
+
+
+def preprocess(image) -> tuple[torch.Tensor, tk.Frame]:
+    """PIL image → (3×96×96 tensor in [-1, 1], letterbox frame). Aspect ratio kept; grey padding."""
+    from PIL import Image
+
+    img = image.convert("RGB")
+    frame = tk.Frame.of(*img.size)
+    canvas = Image.new("RGB", (tk.RES, tk.RES), (127, 127, 127))
+    canvas.paste(img.resize((frame.sw, frame.sh), Image.BILINEAR, reducing_gap=2.0), (frame.ox, frame.oy))
+    t = torch.frombuffer(bytearray(canvas.tobytes()), dtype=torch.uint8).view(tk.RES, tk.RES, 3)
+    return t.permute(2, 0, 1).float().div(127.5).sub(1.0), frame

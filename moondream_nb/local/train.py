@@ -1,0 +1,178 @@
+"""One LoRA train step on the built-in model: RL groups (GRPO + KL to the base) and SFT targets.
+
+The server hands this module plain examples: a preprocessed image, the skill request, and the
+output to score (a rollout's ``output`` for RL, the target for SFT). Tokens are re-derived from
+``output`` with the deterministic tokenizer, so client-built rollouts work and tampered
+metadata cannot corrupt a step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import tokenizer as tk
+from .model import VLM, Adapter
+
+KL_COEF = 0.05
+CLIP_NORM = 1.0
+
+
+@dataclass
+class Example:
+    """One sequence: ``image`` indexes the step's image tensor; ``output`` is scored for ``request``."""
+
+    image: int
+    frame: tk.Frame
+    request: dict[str, Any]
+    output: dict[str, Any]
+
+    def tokens(self) -> tuple[list[int], list[int], list[int]]:
+        skill = self.request["skill"]
+        reasoning = bool(self.request.get("reasoning")) and skill == "query"
+        prompt = tk.prompt_tokens(self.frame, self.request)
+        answer = tk.answer_tokens(self.frame, skill, self.output, reasoning=reasoning)
+        states = tk.states_for(skill, answer, reasoning=reasoning)
+        return prompt, answer, states
+
+
+@dataclass
+class RLGroup:
+    examples: list[Example]
+    rewards: list[float]
+
+
+@dataclass
+class StepResult:
+    applied: bool
+    kl: float | None = None
+    grad_norm: float | None = None
+    reward_mean: float | None = None
+    reward_std: float | None = None
+    sft_loss: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _batch(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+    seqs = []
+    for ex in examples:
+        prompt, answer, states = ex.tokens()
+        seq = prompt + answer
+        seqs.append((seq[:-1], [-100] * (len(prompt) - 1) + answer, [tk.S_NONE] * (len(prompt) - 1) + states))
+    t = max(len(s[0]) for s in seqs)
+    tokens = torch.full((len(seqs), t), tk.PAD)
+    targets = torch.full((len(seqs), t), -100)
+    states = torch.full((len(seqs), t), tk.S_NONE)
+    for k, (inp, tgt, st) in enumerate(seqs):
+        tokens[k, : len(inp)] = torch.tensor(inp)
+        targets[k, : len(tgt)] = torch.tensor(tgt)
+        states[k, : len(st)] = torch.tensor(st)
+    return {"tokens": tokens, "targets": targets, "states": states, "index": torch.tensor([ex.image for ex in examples])}
+
+
+def token_logprobs(model: VLM, adapter: Adapter | None, images: torch.Tensor, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Log-probability of each target token under the grammar masks ``[N, T]`` (0 off-answer)."""
+    logits = model(images, b["tokens"], b["index"], adapter) + model.state_masks[b["states"]]
+    logp = torch.log_softmax(logits, -1)
+    tgt = b["targets"].clamp_min(0)
+    out = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    return out * (b["targets"] != -100)
+
+
+def advantages(rewards: Sequence[float]) -> list[float] | None:
+    """Group-normalized advantages, or None when the group carries no signal (equal rewards)."""
+    mean = sum(rewards) / len(rewards)
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
+    if std < 1e-6:
+        return None
+    return [(r - mean) / std for r in rewards]
+
+
+def train_step(model: VLM, adapter: Adapter, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               rl: Sequence[RLGroup], sft: Sequence[Example], lr: float, kl_coef: float = KL_COEF) -> StepResult:
+    """Apply one optimizer step to ``adapter``; ``images`` are the preprocessed images examples index.
+
+    Returns the real figures of the step; ``applied`` is False (and nothing changes) when no RL
+    group has a reward spread and there is no SFT example.
+    """
+    all_rewards = [r for g in rl for r in g.rewards]
+    reward_mean = sum(all_rewards) / len(all_rewards) if all_rewards else None
+    reward_std = (math.sqrt(sum((r - reward_mean) ** 2 for r in all_rewards) / len(all_rewards))
+                  if all_rewards else None)
+    weighted: list[tuple[Example, float]] = []
+    for g in rl:
+        adv = advantages(g.rewards)
+        if adv is not None:
+            weighted += list(zip(g.examples, adv))
+    if not weighted and not sft:
+        return StepResult(False, reward_mean=reward_mean, reward_std=reward_std)
+
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.zeros(())
+    kl_value = sft_value = None
+    if weighted:
+        b = _batch([ex for ex, _ in weighted])
+        mask = (b["targets"] != -100).float()
+        n_tok = mask.sum(1).clamp_min(1)
+        logp = token_logprobs(model, adapter, images, b)
+        with torch.no_grad():
+            ref = token_logprobs(model, None, images, b)
+        adv = torch.tensor([a for _, a in weighted])
+        pg = -(adv * (logp.sum(1) / n_tok)).mean()
+        # k3 estimator of KL(policy || base) on the sampled tokens: unbiased and never negative.
+        diff = (ref - logp) * mask
+        kl_tok = (torch.exp(diff) - diff - 1) * mask
+        kl = (kl_tok.sum(1) / n_tok).mean()
+        loss = loss + pg + kl_coef * kl
+        kl_value = kl.item()
+    if sft:
+        b = _batch(sft)
+        logp = token_logprobs(model, adapter, images, b)
+        ce = -logp.sum() / (b["targets"] != -100).sum().clamp_min(1)
+        loss = loss + ce
+        sft_value = ce.item()
+    loss.backward()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(adapter.parameters(), CLIP_NORM))
+    if not math.isfinite(grad_norm):
+        optimizer.zero_grad(set_to_none=True)
+        raise FloatingPointError("train step produced a non-finite gradient; the adapter was not changed")
+    optimizer.step()
+    return StepResult(True, kl=kl_value, grad_norm=grad_norm, reward_mean=reward_mean, reward_std=reward_std,
+                      sft_loss=sft_value)
+
+
+def make_optimizer(adapter: Adapter, lr: float = 2e-4) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+
+
+def state_tensors(adapter: Adapter, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Adapter weights and AdamW moments as one flat dict for a safetensors file."""
+    out = adapter.state_dict()
+    state = optimizer.state
+    for name, (a, b) in adapter.params.items():
+        for suffix, p in (("lora_A", a), ("lora_B", b)):
+            st = state.get(p)
+            if st:
+                out[f"{name}.{suffix}.exp_avg"] = st["exp_avg"].contiguous()
+                out[f"{name}.{suffix}.exp_avg_sq"] = st["exp_avg_sq"].contiguous()
+                out[f"{name}.{suffix}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    return out
+
+
+def load_state_tensors(adapter: Adapter, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    adapter.load_state_dict(tensors)
+    for name, (a, b) in adapter.params.items():
+        for suffix, p in (("lora_A", a), ("lora_B", b)):
+            key = f"{name}.{suffix}"
+            if f"{key}.exp_avg" in tensors:
+                optimizer.state[p] = {
+                    "step": tensors[f"{key}.step"].reshape(()).clone(),
+                    "exp_avg": tensors[f"{key}.exp_avg"].clone(),
+                    "exp_avg_sq": tensors[f"{key}.exp_avg_sq"].clone(),
+                }
