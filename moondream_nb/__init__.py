@@ -1,0 +1,38 @@
+"""moondream-nb: a Jupyter-native toolkit for fine-tuning Moondream.
+
+``ft(...)`` is a drop-in for ``moondream.ft`` and ``vl(...)`` for ``moondream.vl``, with typed
+errors, validation before sending, keep-alive connections, retries and images encoded once.
+Importing this package loads only requests and pillow.
+"""
+
+from ._version import __version__
+from .client import Batch, EncodedImage, Finetune, ImageEncoder, VL, ft, vl
+from .errors import (
+    AuthenticationError,
+    ConflictError,
+    MoondreamError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    ValidationError,
+)
+
+__all__ = [
+    "__version__",
+    "ft",
+    "vl",
+    "Finetune",
+    "VL",
+    "Batch",
+    "EncodedImage",
+    "ImageEncoder",
+    "MoondreamError",
+    "ValidationError",
+    "AuthenticationError",
+    "NotFoundError",
+    "ConflictError",
+    "RateLimitError",
+    "ServerError",
+    "TransportError",
+]

@@ -1,0 +1,286 @@
+"""HTTP transport: one pooled keep-alive session per client, retries, typed errors.
+
+Headers follow the official client: ``X-Moondream-Auth`` (only when a key is set),
+``User-Agent: moondream-nb/<version>``, ``Content-Type`` only when there is a body. Retries
+cover 408/425/429/500/502/503/504/520-524 and connection failures, with exponential backoff and
+full jitter (``uniform(0, min(cap, base * 2**attempt))``) and ``Retry-After`` as a floor.
+Redirects are not followed: the auth header is custom, so requests would forward it to any host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import urllib.parse
+import uuid
+from typing import Any, Iterable
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from .._version import __version__
+from ..errors import MoondreamError, TransportError, ValidationError, error_from_response, parse_retry_after, scrub
+from . import jsonbody
+from .images import EncodedImage
+
+log = logging.getLogger("moondream_nb.client")
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+USER_AGENT = f"moondream-nb/{__version__}"
+AUTH_HEADER = "X-Moondream-Auth"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost readable cause of a requests/urllib3 exception."""
+    inner: Any = exc.args[0] if exc.args else exc
+    reason = getattr(inner, "reason", None) or inner
+    text = str(reason)
+    if text.startswith("<") and ">: " in text:  # "<HTTPConnection object at 0x..>: Failed to ..."
+        text = text.split(">: ", 1)[1]
+    return text
+
+
+def _read_body(resp: requests.Response) -> None:
+    """Read the whole body in one call (requests' ``.content`` reads 10 KiB at a time)."""
+    resp._content = resp.raw.read(decode_content=True)
+    resp._content_consumed = True
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+class Transport:
+    """Sends requests to ``base_url`` with the key, retry policy and connection pool of a client.
+
+    Args:
+        base_url: URL that request paths are appended to (no trailing slash).
+        api_key: sent as ``X-Moondream-Auth`` when set; never shown in repr or errors.
+        max_retries: retries after the first attempt (0 disables retrying).
+        timeout: seconds for connecting and for each blocking read.
+        backoff_base, backoff_cap: full-jitter backoff parameters, in seconds.
+        max_retry_after: a ``Retry-After`` longer than this is not waited for; the error is
+            raised at once (with ``retry_after`` set) instead of blocking a notebook for minutes.
+        pool_size: connections kept alive per host (grown by :meth:`ensure_pool`).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        max_retries: int = 10,
+        timeout: float = 60.0,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        max_retry_after: float = 120.0,
+        pool_size: int = 10,
+    ) -> None:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValidationError(f"max_retries: must be an integer >= 0 (got {max_retries!r})", param="max_retries")
+        for name, value in (("timeout", timeout), ("backoff_base", backoff_base), ("backoff_cap", backoff_cap)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValidationError(f"{name}: must be a number > 0 (got {value!r})", param=name)
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key or None
+        self.max_retries = max_retries
+        self.timeout = float(timeout)
+        self.backoff_base = float(backoff_base)
+        self.backoff_cap = float(backoff_cap)
+        self.max_retry_after = float(max_retry_after)
+        self._sleep = time.sleep
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = USER_AGENT
+        # requests re-reads proxy variables on every request (a measurable share of a call's
+        # CPU); read them once per origin instead, and honour the CA-bundle variables as it would.
+        self._session.trust_env = False
+        self._session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self._proxies: dict[tuple, dict[str, str]] = {}
+        self._pool_size = 0
+        self.ensure_pool(pool_size)
+
+    @property
+    def api_key(self) -> str | None:
+        return self._api_key
+
+    def __repr__(self) -> str:
+        key = "'***'" if self._api_key else "None"
+        return f"Transport(base_url={self.base_url!r}, api_key={key}, max_retries={self.max_retries})"
+
+    def ensure_pool(self, size: int) -> None:
+        """Keep at least ``size`` connections per host alive (e.g. a stream's concurrency)."""
+        if size <= self._pool_size:
+            return
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._pool_size = size
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- requests --------------------------------------------------------------------
+
+    def json(
+        self,
+        method: str,
+        path: str,
+        payload: Any = None,
+        *,
+        query: dict | None = None,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        images: Iterable[EncodedImage] = (),
+    ) -> dict:
+        """Send a JSON request (no body when ``payload`` is None) and return the parsed reply.
+
+        ``images`` are the encoded images referenced by ``payload``; their bytes are spliced
+        into the body instead of being re-serialised. An empty 2xx body reads as ``{}``.
+        """
+        images = [img for img in images if img.raw is not None]
+        body = None if payload is None else self.encode_body(payload, images)
+        resp = self.send(
+            method,
+            path,
+            body=body,
+            content_type="application/json" if body is not None else None,
+            query=query,
+            timeout=timeout,
+            idempotent=idempotent,
+        )
+        return self.parse_json(resp, images)
+
+    @staticmethod
+    def encode_body(payload: Any, images: Iterable[EncodedImage] = ()) -> bytes:
+        """The JSON body of ``payload``, byte-identical to ``json.dumps(payload).encode()``."""
+        known = {id(img.image_url): img for img in images if img.raw is not None}
+
+        def lookup(s: str) -> bytes | None:
+            img = known.get(id(s))
+            return img.raw if img is not None and img.image_url is s else None
+
+        return jsonbody.dumps(payload, lookup)
+
+    @staticmethod
+    def parse_json(resp: requests.Response, images: Iterable[EncodedImage] = ()) -> dict:
+        """The reply's JSON (``{}`` when empty); echoed ``images`` come back as the same objects."""
+        content = resp.content
+        if not content.strip():
+            return {}
+        try:
+            return jsonbody.loads(content, [(img.image_url, img.raw) for img in images if img.raw is not None])
+        except ValueError:
+            text = content[:200].decode("utf-8", "replace")
+            raise MoondreamError(
+                f"the server's reply is not JSON: {text!r}", status=resp.status_code
+            ) from None
+
+    def url(self, path: str, query: dict | None = None) -> str:
+        """``base_url + path`` with the query encoded like the official client (None dropped)."""
+        url = path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+        if query:
+            items = [(k, v) for k, v in query.items() if v is not None]
+            if items:
+                url = f"{url}?{urllib.parse.urlencode(items)}"
+        return url
+
+    def same_origin(self, url: str) -> bool:
+        return _origin(url) == _origin(self.base_url)
+
+    def _proxies_for(self, url: str) -> dict[str, str]:
+        origin = _origin(url)
+        if origin not in self._proxies:
+            self._proxies[origin] = requests.utils.get_environ_proxies(url)
+        return self._proxies[origin]
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        query: dict | None = None,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        stream: bool = False,
+        auth: bool = True,
+    ) -> requests.Response:
+        """Send one logical request, retrying as the policy allows; return the 2xx response.
+
+        ``path`` may be an absolute URL; the key is then sent only when ``auth`` is true and the
+        URL has this transport's origin. With ``stream=True`` the caller must close the response.
+
+        Raises:
+            the :class:`MoondreamError` subclass of the final failure.
+        """
+        url = self.url(path, query)
+        shown = f"{method} {url.split('?', 1)[0]}"
+        headers = {}
+        if self._api_key and auth and self.same_origin(url):
+            headers[AUTH_HEADER] = self._api_key
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        if idempotent:
+            headers[IDEMPOTENCY_HEADER] = str(uuid.uuid4())  # one key for every retry of this call
+        timeout = self.timeout if timeout is None else timeout
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            retry_after = None
+            try:
+                resp = self._session.request(
+                    method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False,
+                    stream=True, proxies=self._proxies_for(url),
+                )
+                if not stream:
+                    _read_body(resp)  # inside the try: a body cut short is a transport error
+            except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError) as exc:
+                error: MoondreamError = TransportError(f"{shown}: timed out after {timeout:g} s")
+                cause: BaseException = exc
+            except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                    urllib3.exceptions.HTTPError) as exc:
+                error, cause = TransportError(f"{shown}: connection failed ({_reason(exc)})"), exc
+            except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+                    requests.exceptions.InvalidSchema) as exc:
+                raise ValidationError(f"endpoint: invalid URL {url!r} ({exc})", param="endpoint") from None
+            else:
+                if 200 <= resp.status_code < 300:
+                    return resp
+                error, cause = self._http_error(resp, shown), None
+                if resp.status_code not in RETRY_STATUSES:
+                    raise error
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+            error.message = scrub(error.message, [self._api_key])
+            too_long = retry_after is not None and retry_after > self.max_retry_after
+            if too_long:
+                error.message += f" (Retry-After {retry_after:g} s exceeds max_retry_after; not waiting)"
+                raise error from cause
+            if attempt == attempts - 1:
+                if attempts > 1:
+                    error.message += f" (gave up after {attempts} attempts)"
+                raise error from cause
+            delay = random.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            log.info("%s failed: %s; retry %d/%d in %.2f s", shown, error, attempt + 1, self.max_retries, delay)
+            self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _http_error(self, resp: requests.Response, shown: str) -> MoondreamError:
+        try:
+            text = resp.content.decode("utf-8", "replace")
+        except requests.exceptions.RequestException:
+            text = ""
+        finally:
+            resp.close()
+        if 300 <= resp.status_code < 400:
+            where = resp.headers.get("Location", "?")
+            return MoondreamError(f"{shown}: unexpected redirect to {where}; check the endpoint",
+                                  status=resp.status_code)
+        return error_from_response(resp.status_code, text, resp.headers, secrets=[self._api_key])
