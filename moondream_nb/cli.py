@@ -1,0 +1,60 @@
+"""``moondream-nb`` command line.
+
+    moondream-nb demo [--steps N] [--seed S]   the built-in model: rollouts of every skill, then
+                                               a LoRA finetune learning a concept it never saw
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def demo(steps: int, seed: int) -> int:
+    """Run the built-in model in process: base outputs, then RL on "point at the star"."""
+    from .data import scenes as sc
+    from .local import learning as L
+    from .local.engine import Engine
+
+    t0 = time.time()
+    engine = Engine()
+    print(f"built-in model loaded in {time.time() - t0:.1f} s")
+    scene = sc.make_scene(seed, size=(320, 240), n_objects=4)
+    url = L.data_url(scene.image)
+    print("scene:", sc.caption(scene, "long"))
+    for request in (
+        {"skill": "query", "question": "How many shapes are there?"},
+        {"skill": "query", "question": f"What colour is the {scene.objects[0].shape}?", "reasoning": True},
+        {"skill": "point", "object": scene.objects[0].shape},
+        {"skill": "detect", "object": f"{scene.objects[-1].colour} things"},
+    ):
+        out = engine.sample(dict(request, image_url=url, settings={"temperature": 0.0}), 1)[0]["output"]
+        print(f"  {request['skill']:6} {request.get('question') or request.get('object')!r:40} -> {out}")
+    print("caption:", engine.infer("caption", {"image_url": url, "length": "normal"})["caption"])
+
+    held = range(10**8, 10**8 + 40)
+    before = L.evaluate(engine, L.STAR_POINT, None, held)
+    print(f"\nLoRA RL on a concept the base never saw ({L.STAR_POINT.name!r}); held-out reward before: {before:.2f}")
+    t1 = time.time()
+    adapter, _ = L.rl_run(engine, L.STAR_POINT, steps, seed=seed, on_step=lambda s, r: print(
+        f"  step {s + 1:3d}  reward_mean {r['reward_mean']:.3f}  kl {r['kl'] or 0:.4f}  grad_norm {r['grad_norm'] or 0:.3f}", flush=True))
+    after = L.evaluate(engine, L.STAR_POINT, adapter, held)
+    print(f"held-out reward after {steps} steps: {after:.2f} (was {before:.2f}); {time.time() - t1:.0f} s of training")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="moondream-nb", description="Jupyter-native Moondream fine-tuning toolkit")
+    sub = ap.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("demo", help="the built-in model: rollouts of every skill and a short LoRA finetune")
+    d.add_argument("--steps", type=int, default=30)
+    d.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.command == "demo":
+        return demo(args.steps, args.seed)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
