@@ -2,6 +2,8 @@
 
     moondream-nb demo [--steps N] [--seed S]   the built-in model: rollouts of every skill, then
                                                a LoRA finetune learning a concept it never saw
+    moondream-nb serve [--host H] [--port P] [--data-dir DIR] [--api-key KEY ...]
+                                               the local tuning/inference/batch server (API.md)
 """
 
 from __future__ import annotations
@@ -50,9 +52,21 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="the built-in model: rollouts of every skill and a short LoRA finetune")
     d.add_argument("--steps", type=int, default=30)
     d.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("serve", help="the local server: Moondream's tuning, inference and batch APIs on the built-in model")
+    s.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
+    s.add_argument("--port", type=int, default=2020, help="TCP port; 0 picks a free one (default 2020)")
+    s.add_argument("--data-dir", default=None, help="where finetunes live (default ~/.moondream-nb/local)")
+    s.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                   help="accepted key (repeatable; also $MOONDREAM_LOCAL_API_KEYS, comma-separated); "
+                        "one is generated and printed when none is given")
+    s.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
     args = ap.parse_args(argv)
     if args.command == "demo":
         return demo(args.steps, args.seed)
+    if args.command == "serve":
+        from .local.runner import run
+
+        return run(args.host, args.port, args.data_dir, args.api_key, args.log_level)
     return 2
 
 

@@ -37,6 +37,11 @@ MAX_TOKENS = 512
 MAX_OBJECTS = 50
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 MAX_PAGE_LIMIT = 100
+MAX_STEP = 2**53 - 1  # steps travel as JSON numbers: keep them exact in every language
+MAX_ITEMS = 100  # points/boxes in one ground truth, target or rollout output
+MAX_GROUP_ROLLOUTS = 32  # rollouts in one RL group (num_rollouts plus inserted ones)
+MAX_TOKEN_IDS = 4096  # length of a rollout's token metadata lists
+ROLLOUT_METADATA = ("answer_tokens", "thinking_tokens", "coords", "sizes")
 SETTINGS_KEYS = ("temperature", "top_p", "max_tokens", "max_objects")
 BATCH_SETTINGS_KEYS = ("temperature", "top_p", "max_tokens")
 GROUP_MODES = ("rl", "sft")
@@ -84,7 +89,12 @@ def is_int(value: Any) -> bool:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def check_dict(value: Any, path: str) -> dict:
@@ -127,6 +137,17 @@ def check_text(value: Any, path: str, *, max_len: int = MAX_TEXT_CHARS) -> str:
         fail(path, "must be a non-empty string", value)
     if len(value) > max_len:
         fail(path, f"must be at most {max_len} characters", _Said(f"{len(value)} characters"))
+    return check_unicode(value, path)
+
+
+def check_unicode(value: Any, path: str) -> str:
+    """A string that UTF-8 can encode (JSON allows lone surrogates such as ``\\ud800``)."""
+    if not isinstance(value, str):
+        fail(path, "must be a string", value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        fail(path, "must be valid Unicode text (it holds a lone surrogate)")
     return value
 
 
@@ -330,10 +351,12 @@ def _check_geometry(skill: str, value: Any, path: str, what: str) -> None:
     if len(present) != 1:
         fail(path, f"a {skill} {what} needs exactly one of points or boxes" if skill == "point"
              else f"a {skill} {what} needs boxes")
-    key = present[0]
-    check = check_point if key == "points" else check_box
-    for i, item in enumerate(check_list(value[key], join(path, key))):
-        check(item, join(join(path, key), i))
+    _check_items(value[present[0]], join(path, present[0]), check_point if present[0] == "points" else check_box)
+
+
+def _check_items(value: Any, path: str, check: Callable[[Any, str], None]) -> None:
+    for i, item in enumerate(check_list(value, path, max_len=MAX_ITEMS)):
+        check(item, join(path, i))
 
 
 def validate_ground_truth(skill: str, gt: Any, path: str = "ground_truth") -> None:
@@ -354,18 +377,56 @@ def validate_target(skill: str, target: Any, path: str, *, reasoning: bool = Fal
             fail(join(path, key), "unknown key for a query target; expected answer and reasoning")
     if target.get("answer") is None:
         fail(join(path, "answer"), "required")
-    if not isinstance(target["answer"], str):
-        fail(join(path, "answer"), "must be a string", target["answer"])
     value = target.get("reasoning")
     where = join(path, "reasoning")
     if reasoning and value is None:
         fail(where, "required when request.reasoning is true")
     if not reasoning and value is not None:
         fail(where, "must be omitted when request.reasoning is not true")
+    _check_query_output(target, path)
+
+
+def _check_query_output(output: dict, path: str) -> None:
+    """``answer`` (a string, may be empty) and optional ``reasoning`` ``{"text": str, ...}``."""
+    check_unicode(output.get("answer"), join(path, "answer"))
+    value = output.get("reasoning")
     if value is not None:
+        where = join(path, "reasoning")
         check_dict(value, where)
-        if not isinstance(value.get("text"), str):
-            fail(join(where, "text"), "must be a string", value.get("text"))
+        check_unicode(value.get("text"), join(where, "text"))
+
+
+def check_output(skill: str, output: Any, path: str) -> None:
+    """A rollout ``output`` of ``skill``: query answer/reasoning, point ``points``, detect ``objects``."""
+    if not isinstance(output, dict):
+        fail(path, "required (an object; pass rollouts back unchanged)")
+    if skill == "query":
+        _check_query_output(output, path)
+        return
+    key, check = ("points", check_point) if skill == "point" else ("objects", check_box)
+    if output.get(key) is None:
+        fail(join(path, key), f"required in a {skill} rollout output")
+    _check_items(output[key], join(path, key), check)
+
+
+def _check_token_list(value: Any, path: str) -> None:
+    for i, item in enumerate(check_list(value, path, max_len=MAX_TOKEN_IDS)):
+        if isinstance(item, (list, tuple)):
+            for j, sub in enumerate(check_list(item, join(path, i), max_len=4)):
+                check_int(sub, join(join(path, i), j), 0, 2**31 - 1)
+        else:
+            check_int(item, join(path, i), 0, 2**31 - 1)
+
+
+def check_rollout_metadata(rollout: dict, path: str) -> None:
+    """Optional metadata of a rollout, when present, has its documented types (never trusted for training)."""
+    for key in ROLLOUT_METADATA:
+        if rollout.get(key) is not None:
+            _check_token_list(rollout[key], join(path, key))
+    if rollout.get("finish_reason") is not None and not isinstance(rollout["finish_reason"], str):
+        fail(join(path, "finish_reason"), "must be a string such as 'stop' or 'length'", rollout["finish_reason"])
+    if rollout.get("has_answer_separator") is not None:
+        check_bool(rollout["has_answer_separator"], join(path, "has_answer_separator"))
 
 
 def validate_rollouts_body(body: Any, path: str = "", *, require_finetune_id: bool = True) -> dict:
@@ -394,14 +455,14 @@ def _group_request(group: dict, path: str) -> dict:
 
 
 def _check_rl(group: dict, skill: str, path: str) -> None:
-    rollouts = check_list(group.get("rollouts"), join(path, "rollouts"), min_len=1)
+    rollouts = check_list(group.get("rollouts"), join(path, "rollouts"), min_len=1, max_len=MAX_GROUP_ROLLOUTS)
     for i, rollout in enumerate(rollouts):
         where = join(join(path, "rollouts"), i)
         check_dict(rollout, where)
-        if not isinstance(rollout.get("output"), dict):
-            fail(join(where, "output"), "required (an object; pass rollouts back unchanged)")
         if rollout.get("skill") not in (None, skill):
             fail(join(where, "skill"), f"must match the request's skill '{skill}'", rollout["skill"])
+        check_output(skill, rollout.get("output"), join(where, "output"))
+        check_rollout_metadata(rollout, where)
     where = join(path, "rewards")
     rewards = group.get("rewards")
     if rewards is None:
@@ -461,7 +522,7 @@ def validate_train_step_body(body: Any) -> dict:
 def validate_metrics_body(body: Any) -> dict:
     """A metrics body: step >= 0 and 1-100 finite metrics named ``[A-Za-z0-9_./-]+``."""
     check_dict(body, "body")
-    check_int(body.get("step"), "step", 0)
+    validate_step(body.get("step"))
     metrics = check_dict(body.get("metrics"), "metrics")
     if not MIN_METRICS <= len(metrics) <= MAX_METRICS:
         fail("metrics", f"must have {MIN_METRICS} to {MAX_METRICS} metrics", len(metrics))
@@ -475,7 +536,7 @@ def validate_metrics_body(body: Any) -> dict:
 
 
 def validate_step(step: Any, path: str = "step") -> int:
-    return check_int(step, path, 0)
+    return check_int(step, path, 0, MAX_STEP)
 
 
 def validate_page(limit: Any, cursor: Any) -> None:

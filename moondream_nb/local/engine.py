@@ -23,6 +23,8 @@ from . import tokenizer as tk
 from .model import VLM, Adapter, Config, preprocess
 from .sampler import Row, generate
 from .train import Example, RLGroup, StepResult, train_step
+from ..errors import ValidationError
+from ..protocol import join
 from .weights import BASE, load_base_into, read_meta
 
 MAX_PIXELS = 16_000_000
@@ -33,10 +35,19 @@ MODEL_MAX_OBJECTS = 20  # what the 320-token context can hold for detect (4 toke
 # needs ~10x larger Adam steps to learn a concept in tens of steps (benchmarks/learning.py), so
 # the API's lr is scaled here and notebooks run unchanged against either.
 LR_SCALE = 10.0
+# Sampling settings beyond these change nothing the model can show (uniform, or greedy), but would
+# overflow float32 (a temperature of 1e300) or empty the nucleus (top_p of 1e-50); clamp them.
+MAX_TEMPERATURE = 100.0
+MIN_TOP_P = 1e-6
+MIN_ANSWER_ROOM = 8  # tokens a prompt must leave free for the answer
 
 
 class ImageError(ValueError):
-    """The image cannot be used: bad data URL, not an image, or too large."""
+    """The image cannot be used: bad data URL, not an image, or too large (``too_large``)."""
+
+    def __init__(self, message: str, too_large: bool = False):
+        super().__init__(message)
+        self.too_large = too_large
 
 
 def decode_image(image_url: str) -> Image.Image:
@@ -51,16 +62,18 @@ def decode_image(image_url: str) -> Image.Image:
     except (binascii.Error, ValueError):
         raise ImageError("image_url: is not valid base64") from None
     if len(raw) > MAX_IMAGE_BYTES:
-        raise ImageError(f"image_url: encoded image is {len(raw)} bytes, over the {MAX_IMAGE_BYTES} byte limit")
+        raise ImageError(f"image_url: encoded image is {len(raw)} bytes, over the {MAX_IMAGE_BYTES} byte limit", True)
     try:
         img = Image.open(io.BytesIO(raw))
         if img.width * img.height > MAX_PIXELS:
-            raise ImageError(f"image_url: image is {img.width}x{img.height}, over the {MAX_PIXELS} pixel limit")
+            raise ImageError(f"image_url: image is {img.width}x{img.height}, over the {MAX_PIXELS} pixel limit", True)
         img.draft("RGB", (4 * tk.RES, 4 * tk.RES))  # JPEG: decode at reduced scale, we only need 96 px
         img.seek(0)
         return img.convert("RGB")
     except ImageError:
         raise
+    except Image.DecompressionBombError:  # PIL's own guard fires first for absurd sizes
+        raise ImageError(f"image_url: image is over the {MAX_PIXELS} pixel limit", True) from None
     except Exception:
         raise ImageError("image_url: data is not a JPEG, PNG, WebP or GIF image") from None
 
@@ -121,13 +134,14 @@ class Engine:
         settings = request.get("settings") or {}
         prep = self._image_of(request)
         reasoning = skill == "query" and bool(request.get("reasoning"))
+        temperature = float(settings.get("temperature", 0.0 if greedy_default else 1.0))
         row = Row(
             image=0,
             prompt=tk.prompt_tokens(prep.frame, request),
             skill=skill,
             reasoning=reasoning,
-            temperature=float(settings.get("temperature", 0.0 if greedy_default else 1.0)),
-            top_p=float(settings.get("top_p", 1.0)),
+            temperature=min(temperature, MAX_TEMPERATURE),
+            top_p=max(float(settings.get("top_p", 1.0)), MIN_TOP_P),
             max_tokens=int(settings.get("max_tokens", DEFAULT_MAX_TOKENS[skill])),
             max_objects=min(int(settings.get("max_objects", MODEL_MAX_OBJECTS)), MODEL_MAX_OBJECTS),
         )
@@ -136,6 +150,34 @@ class Engine:
             memory = self.model.encode(prep.tensor.unsqueeze(0), adapter)
             samples = generate(self.model, memory, [row] * n, adapter, gen)
         return [self._rollout(skill, prep.frame, s.tokens, s.finish_reason, reasoning) for s in samples]
+
+    def check_fits(self, request: dict[str, Any], path: str, output: dict[str, Any] | None = None,
+                   output_path: str = "") -> None:
+        """Raise ValidationError when ``request`` (plus ``output`` to train on) overflows the context.
+
+        The protocol allows 1,000-character questions; the built-in model reads 320 tokens. Token
+        counts do not depend on the image, so this runs before any image is decoded.
+        """
+        frame = tk.Frame.of(tk.RES, tk.RES)
+        skill = request["skill"]
+        prompt = len(tk.prompt_tokens(frame, request))
+        limit = self.model.cfg.max_len
+        if prompt + MIN_ANSWER_ROOM > limit:
+            field = "question" if skill == "query" else "object" if skill in ("point", "detect") else "length"
+            if request.get("spatial_refs"):
+                field = "spatial_refs"
+            where = join(path, field)
+            raise ValidationError(
+                f"{where}: the prompt takes {prompt} tokens; the built-in model reads {limit}, "
+                f"{MIN_ANSWER_ROOM} of them for the answer (1 token per UTF-8 byte, 2-4 per spatial ref)",
+                param=where)
+        if output is not None:
+            reasoning = skill == "query" and bool(request.get("reasoning"))
+            answer = len(tk.answer_tokens(frame, skill, trainable(skill, output), reasoning=reasoning))
+            if prompt + answer - 1 > limit:
+                raise ValidationError(
+                    f"{output_path}: prompt and answer take {prompt + answer} tokens; the built-in model "
+                    f"reads {limit}", param=output_path)
 
     @staticmethod
     def _rollout(skill: str, frame: tk.Frame, toks: list[int], finish: str, reasoning: bool) -> dict[str, Any]:
@@ -159,13 +201,17 @@ class Engine:
                 "thinking_tokens": thinking, "has_answer_separator": has_sep, "coords": coords, "sizes": sizes}
 
     def infer(self, kind: str, body: dict[str, Any], adapter: Adapter | None = None) -> dict[str, Any]:
-        """One inference call (/query, /caption, /point, /detect) → (output dict, finish_reason)."""
+        """One inference call (/query, /caption, /point, /detect) → output dict + ``finish_reason``, ``usage``."""
         request = dict(body, skill=kind)
         rollout = self.sample(request, 1, adapter, greedy_default=True)[0]
         out = dict(rollout["output"])
         if kind == "query" and not body.get("reasoning"):
             out.pop("reasoning", None)
         out["finish_reason"] = rollout["finish_reason"]
+        # The image is read as one token per cell, the prompt and the answer one token each.
+        prompt = tk.prompt_tokens(tk.Frame.of(tk.RES, tk.RES), request)
+        out["usage"] = {"input_tokens": tk.N_CELLS + len(prompt),
+                        "output_tokens": len(rollout["answer_tokens"]) + len(rollout["thinking_tokens"])}
         return out
 
     # ---- training
@@ -191,8 +237,8 @@ class Engine:
             if g["mode"] == "rl":
                 rl.append(RLGroup([Example(idx, frame, request, r["output"]) for r in g["rollouts"]], list(g["rewards"])))
             else:
-                target = g["target"] if "target" in g else g["targets"][0]
-                sft.append(Example(idx, frame, request, target))
+                target = g["target"] if g.get("target") is not None else g["targets"][0]
+                sft.append(Example(idx, frame, request, trainable(request["skill"], target)))
         with torch.enable_grad():
             return train_step(self.model, adapter, optimizer, torch.stack(tensors), rl, sft, lr * LR_SCALE)
 
@@ -201,3 +247,11 @@ def skill_request(request: dict[str, Any]) -> dict[str, Any]:
     """An RL/SFT group's ``request``: the echoed skill request, or the full /rollouts body."""
     inner = request.get("request")
     return inner if isinstance(inner, dict) and "skill" in inner else request
+
+
+def trainable(skill: str, output: dict[str, Any]) -> dict[str, Any]:
+    """An output or SFT target in the tokenizer's shape: a point target given as boxes → their centres."""
+    if skill == "point" and output.get("points") is None and output.get("boxes") is not None:
+        return {"points": [{"x": (b["x_min"] + b["x_max"]) / 2, "y": (b["y_min"] + b["y_max"]) / 2}
+                           for b in output["boxes"]]}
+    return output

@@ -12,11 +12,12 @@ HEAVY = ("torch", "pandas", "matplotlib", "ipywidgets", "numpy", "anywidget", "f
 
 def test_import_is_light_and_fast():
     code = (
-        "import sys, time; t = time.perf_counter(); import moondream_nb; d = time.perf_counter() - t; "
+        "import sys, time; t = time.process_time(); import moondream_nb; d = time.process_time() - t; "
         f"print(d); print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[1] == ""  # no heavy module imported
+    # CPU time, not wall time: a busy machine must not fail it, a heavy import still does.
     assert float(out[0]) < 0.8
 
 
