@@ -1,0 +1,383 @@
+"""The label store: every label, item status, reward and train-step result, on disk as it is made.
+
+One SQLite file (WAL journal, ``synchronous=FULL``): each call that writes commits before it
+returns, so once a method returns the data survives a kernel restart, a crash or a killed
+process. Reopening the same file resumes: which items are done or skipped, the next one to do,
+saved session state. Everything is keyed by the dataset's stable ``image_id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from .. import protocol
+from ..errors import ValidationError
+from .labels import Label
+
+__all__ = ["LabelStore", "Progress", "RewardRecord", "StepRecord"]
+
+SCHEMA_VERSION = 1
+STATUSES = ("done", "skipped")
+_IMAGE_KEYS = ("image", "image_url")
+# Stands in for a stripped image when an RL group is validated (protocol wants image_url).
+_PLACEHOLDER_IMAGE = "data:image/jpeg;base64,"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS labels (
+    image_id TEXT NOT NULL, skill TEXT NOT NULL, prompt TEXT NOT NULL, refs TEXT NOT NULL DEFAULT '',
+    target TEXT NOT NULL, meta TEXT NOT NULL DEFAULT '{}', seq INTEGER NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (image_id, skill, prompt, refs));
+CREATE TABLE IF NOT EXISTS items (
+    image_id TEXT PRIMARY KEY, status TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS rewards (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, image_id TEXT, request TEXT NOT NULL, rollouts TEXT NOT NULL,
+    rewards TEXT NOT NULL, source TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, finetune_id TEXT, step INTEGER, result TEXT NOT NULL,
+    created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a dataset is: ``done`` + ``skipped`` of ``total``; ``rate`` = items marked per
+    minute over the recent marks (None with fewer than two)."""
+
+    done: int
+    skipped: int
+    total: int
+    rate: float | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.total - self.done - self.skipped
+
+    @property
+    def fraction(self) -> float:
+        return (self.done + self.skipped) / self.total if self.total else 1.0
+
+    def __str__(self) -> str:
+        rate = f", {self.rate:.1f}/min" if self.rate else ""
+        return f"{self.done} done, {self.skipped} skipped of {self.total} ({self.fraction:.0%}{rate})"
+
+
+@dataclass(frozen=True)
+class RewardRecord:
+    """Rewards given to one request's rollouts (an RL group without its image)."""
+
+    id: int
+    image_id: str | None
+    request: dict
+    rollouts: list
+    rewards: list[float]
+    source: str
+    created_at: float
+
+    def group(self, image: Any = None) -> dict:
+        """The RL group for ``train_step``; pass the item's image (it was not stored)."""
+        request = dict(self.request)
+        if image is not None:
+            request["image"] = image
+        return {"mode": "rl", "request": request, "rollouts": self.rollouts, "rewards": list(self.rewards)}
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One train-step response as it was received."""
+
+    id: int
+    finetune_id: str | None
+    step: int | None
+    result: dict
+    created_at: float
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{what}: must be JSON-serializable ({exc})", param=what) from exc
+
+
+def _strip_images(request: Mapping[str, Any]) -> dict:
+    """A request without its image (the image id says which one); nested /rollouts bodies too."""
+    out = {k: v for k, v in request.items() if k not in _IMAGE_KEYS}
+    if isinstance(out.get("request"), Mapping):
+        out["request"] = _strip_images(out["request"])
+    return out
+
+
+class LabelStore:
+    """Labels and session progress in one SQLite file.
+
+    Args:
+        path: the database file (created with its folder if needed), e.g. ``"labels.sqlite"``.
+
+    Use as a context manager or call :meth:`close`. Safe to share between threads (one lock)
+    and between processes (SQLite locking; ``timeout`` seconds of waiting for a writer).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, timeout: float = 10.0) -> None:
+        self.path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(folder, exist_ok=True)
+        self._lock = threading.RLock()
+        # isolation_level=None: we open every transaction ourselves (BEGIN IMMEDIATE), so a
+        # write is one explicit transaction that is committed — and fsynced — before we return.
+        self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            with self._write() as cur:
+                version = cur.execute("PRAGMA user_version").fetchone()[0]
+                if version > SCHEMA_VERSION:
+                    raise ValidationError(f"{self.path}: label store schema v{version} is newer than this "
+                                          f"moondream-nb understands (v{SCHEMA_VERSION}); upgrade moondream-nb")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+                cur.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise ValidationError(f"{self.path}: not a label store ({exc})") from exc
+        except BaseException:
+            self.close()
+            raise
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction: committed (and so fsynced) when the block ends, rolled back on error."""
+        with self._lock:
+            if self._conn is None:
+                raise ValidationError("the label store is closed")
+            cur = self._conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+            finally:
+                cur.close()
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            if self._conn is None:
+                raise ValidationError("the label store is closed")
+            return self._conn.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        """Close the database (everything is already on disk)."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "LabelStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self._conn is None:
+            return f"LabelStore({self.path!r}, closed)"
+        return f"LabelStore({self.path!r}, {len(self)} labels, {len(self.statuses())} items marked)"
+
+    # -- labels ----------------------------------------------------------------------------
+
+    def put(self, label: Label) -> None:
+        """Save ``label``, replacing the one with the same key (image, skill, prompt, refs)."""
+        self.put_many([label])
+
+    def put_many(self, labels: Iterable[Label]) -> int:
+        """Save several labels in one transaction (all or none). Returns how many."""
+        rows = []
+        now = time.time()
+        for lb in labels:
+            if not isinstance(lb, Label):
+                raise ValidationError(f"expected a Label, not {type(lb).__name__}", param="label")
+            rows.append((*lb.key, _dumps(lb.target, "target"), _dumps(lb.meta, "meta"), now))
+        with self._write() as cur:
+            seq = cur.execute("SELECT COALESCE(MAX(seq), 0) FROM labels").fetchone()[0]
+            for k, row in enumerate(rows):
+                cur.execute(
+                    "INSERT INTO labels (image_id, skill, prompt, refs, target, meta, updated_at, seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (image_id, skill, prompt, refs) DO UPDATE SET "
+                    "target=excluded.target, meta=excluded.meta, updated_at=excluded.updated_at, seq=excluded.seq",
+                    (*row, seq + k + 1))
+        return len(rows)
+
+    def delete(self, label: Label) -> bool:
+        """Remove the label with ``label``'s key. Returns whether one was there."""
+        with self._write() as cur:
+            cur.execute("DELETE FROM labels WHERE image_id=? AND skill=? AND prompt=? AND refs=?", label.key)
+            return cur.rowcount > 0
+
+    def labels(self, image_id: str | None = None, *, skill: str | None = None,
+               prompt: str | None = None) -> list[Label]:
+        """Saved labels, oldest save first, filtered by image, skill and prompt when given."""
+        where, args = [], []
+        for column, value in (("image_id", image_id), ("skill", skill), ("prompt", prompt)):
+            if value is not None:
+                where.append(f"{column}=?")
+                args.append(value)
+        sql = "SELECT image_id, skill, prompt, refs, target, meta FROM labels"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        rows = self._read(sql + " ORDER BY seq", args)
+        return [Label(i, s, p, json.loads(t), [tuple(r) for r in json.loads(refs)] if refs else None, json.loads(m))
+                for i, s, p, refs, t, m in rows]
+
+    def __len__(self) -> int:
+        return self._read("SELECT COUNT(*) FROM labels")[0][0]
+
+    def __iter__(self) -> Iterator[Label]:
+        return iter(self.labels())
+
+    def labelled_ids(self) -> set[str]:
+        """Ids of the images that have at least one label."""
+        return {r[0] for r in self._read("SELECT DISTINCT image_id FROM labels")}
+
+    # -- item status and resuming ----------------------------------------------------------
+
+    def mark(self, image_id: str, status: str = "done") -> None:
+        """Record that the item is ``"done"`` or ``"skipped"`` (replaces an earlier mark)."""
+        if status not in STATUSES:
+            protocol.fail("status", "must be 'done' or 'skipped'", status)
+        with self._write() as cur:
+            cur.execute("INSERT INTO items (image_id, status, updated_at) VALUES (?, ?, ?) ON CONFLICT (image_id) "
+                        "DO UPDATE SET status=excluded.status, updated_at=excluded.updated_at",
+                        (image_id, status, time.time()))
+
+    def unmark(self, image_id: str) -> None:
+        """Forget the item's status (it is pending again); its labels stay."""
+        with self._write() as cur:
+            cur.execute("DELETE FROM items WHERE image_id=?", (image_id,))
+
+    def status(self, image_id: str) -> str | None:
+        """``"done"``, ``"skipped"`` or None (pending)."""
+        rows = self._read("SELECT status FROM items WHERE image_id=?", (image_id,))
+        return rows[0][0] if rows else None
+
+    def statuses(self) -> dict[str, str]:
+        """Every marked item: ``{image_id: "done" | "skipped"}``."""
+        return dict(self._read("SELECT image_id, status FROM items"))
+
+    def pending(self, ids: Iterable[Any]) -> list[Any]:
+        """The items (or ids) of ``ids`` not yet done or skipped, in order. Accepts a Dataset."""
+        marked = self.statuses()
+        return [x for x in ids if _id_of(x) not in marked]
+
+    def next_item(self, dataset: Sequence[Any], after: str | None = None) -> Any | None:
+        """The first pending item of ``dataset`` after the one with id ``after`` (wrapping
+        around; from the start when None), or None when every item is done or skipped."""
+        marked = self.statuses()
+        ids = [_id_of(x) for x in dataset]
+        start = ids.index(after) + 1 if after is not None and after in ids else 0
+        for k in range(len(ids)):
+            i = (start + k) % len(ids)
+            if ids[i] not in marked:
+                return dataset[i]
+        return None
+
+    def progress(self, dataset: Sequence[Any] | None = None, *, window: int = 20) -> Progress:
+        """Done/skipped/total over ``dataset`` (or over everything marked when None), and the
+        labelling rate over the last ``window`` marks."""
+        rows = self._read("SELECT image_id, status, updated_at FROM items ORDER BY updated_at")
+        if dataset is not None:
+            wanted = {_id_of(x) for x in dataset}
+            rows = [r for r in rows if r[0] in wanted]
+            total = len(wanted)
+        else:
+            total = len(rows)
+        times = [r[2] for r in rows[-window:]]
+        rate = (len(times) - 1) / (times[-1] - times[0]) * 60 if len(times) > 1 and times[-1] > times[0] else None
+        done = sum(1 for r in rows if r[1] == "done")
+        return Progress(done, len(rows) - done, total, rate)
+
+    # -- session state ---------------------------------------------------------------------
+
+    def set_state(self, key: str, value: Any) -> None:
+        """Save a JSON-able ``value`` under ``key`` (e.g. the finetune id, the current item)."""
+        with self._write() as cur:
+            cur.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                        (key, _dumps(value, f"state[{key!r}]")))
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        """The value saved under ``key``, else ``default``."""
+        rows = self._read("SELECT value FROM state WHERE key=?", (key,))
+        return json.loads(rows[0][0]) if rows else default
+
+    # -- rewards and train steps -------------------------------------------------------------
+
+    def add_rewards(self, group: Mapping[str, Any], *, image_id: str | None = None, source: str = "human") -> int:
+        """Save an RL group (``request``, ``rollouts``, ``rewards``) as the rewards are given.
+
+        The request's image is not stored (``image_id`` says which it was). source: who scored
+        it, e.g. ``"human"`` or ``"ground_truth"``. Returns the record id.
+        Raises ValidationError when the group is not a valid RL group (rewards one per rollout, finite).
+        """
+        protocol.check_dict(group, "group")
+        request = _strip_images(protocol.check_dict(group.get("request"), "group.request"))
+        check = {"mode": "rl", "request": _with_placeholder(request), "rollouts": group.get("rollouts"),
+                 "rewards": group.get("rewards")}
+        protocol.validate_group(check, "group")
+        rewards = [float(r) for r in group["rewards"]]
+        with self._write() as cur:
+            cur.execute("INSERT INTO rewards (image_id, request, rollouts, rewards, source, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (image_id, _dumps(request, "request"), _dumps(list(group["rollouts"]), "rollouts"),
+                         _dumps(rewards, "rewards"), source, time.time()))
+            return int(cur.lastrowid)
+
+    def rewards(self, image_id: str | None = None) -> list[RewardRecord]:
+        """Saved reward records, oldest first (of one image when given)."""
+        sql = "SELECT id, image_id, request, rollouts, rewards, source, created_at FROM rewards"
+        rows = self._read(sql + (" WHERE image_id=? ORDER BY id" if image_id is not None else " ORDER BY id"),
+                          (image_id,) if image_id is not None else ())
+        return [RewardRecord(i, img, json.loads(req), json.loads(ro), json.loads(rw), src, t)
+                for i, img, req, ro, rw, src, t in rows]
+
+    def add_step(self, result: Mapping[str, Any], *, finetune_id: str | None = None) -> int:
+        """Save a ``train_step`` response (``step``, ``applied``, ``kl``, ...). Returns the record id."""
+        protocol.check_dict(result, "result")
+        step = result.get("step")
+        finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
+        with self._write() as cur:
+            cur.execute("INSERT INTO steps (finetune_id, step, result, created_at) VALUES (?, ?, ?, ?)",
+                        (finetune_id, step if protocol.is_int(step) else None, _dumps(finite, "result"), time.time()))
+            return int(cur.lastrowid)
+
+    def steps(self, finetune_id: str | None = None) -> list[StepRecord]:
+        """Saved train-step results, oldest first (of one finetune when given)."""
+        sql = "SELECT id, finetune_id, step, result, created_at FROM steps"
+        rows = self._read(sql + (" WHERE finetune_id=? ORDER BY id" if finetune_id is not None else " ORDER BY id"),
+                          (finetune_id,) if finetune_id is not None else ())
+        return [StepRecord(i, f, s, json.loads(r), t) for i, f, s, r, t in rows]
+
+
+def _id_of(x: Any) -> str:
+    return x if isinstance(x, str) else x.image_id
+
+
+def _with_placeholder(request: dict) -> dict:
+    out = dict(request)
+    if isinstance(out.get("request"), Mapping):
+        out["request"] = _with_placeholder(dict(out["request"]))
+    elif out.get("skill") in ("point", "detect") or out.get("spatial_refs") is not None:
+        out["image_url"] = _PLACEHOLDER_IMAGE
+    return out
