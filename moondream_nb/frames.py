@@ -1,0 +1,94 @@
+"""pandas views of what the client saw: train-step history, rollouts, checkpoints, scores.
+
+pandas is imported inside each function, so importing this module (or ``moondream_nb``) never
+loads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+# Train-step figures first, in this order, then logged metrics alphabetically.
+FIGURES = ("reward_mean", "reward_std", "kl", "router_kl", "grad_norm", "sft_loss")
+
+
+def history_frame(history: Iterable[Mapping[str, Any]]) -> Any:
+    """A DataFrame indexed by ``step``: one row per step, train-step figures and logged metrics.
+
+    Args:
+        history: ``ft.history`` (rows with ``kind``, ``step``, ``time`` and values); a step that
+            has both a train-step row and metric rows becomes one row (the latest value wins).
+
+    Returns:
+        ``pandas.DataFrame`` (index ``step``, sorted); empty with that index when there is nothing.
+    """
+    import pandas as pd
+
+    rows = [dict(r) for r in history if isinstance(r, Mapping) and r.get("step") is not None]
+    if not rows:
+        return pd.DataFrame(index=pd.Index([], name="step", dtype="int64"))
+    frame = pd.DataFrame(rows).drop(columns=["kind"], errors="ignore")
+    frame = frame.groupby("step", sort=True).last()
+    frame.index = frame.index.astype("int64")
+    ordered = [c for c in FIGURES if c in frame.columns]
+    rest = [c for c in frame.columns if c not in ordered]
+    return frame[ordered + rest]
+
+
+def rollouts_frame(response: Mapping[str, Any], rewards: Sequence[float] | None = None) -> Any:
+    """One row per rollout: ``skill``, ``finish_reason``, ``n_points``/``n_boxes`` or ``answer``, ``reward``.
+
+    ``rewards`` overrides the response's own rewards (e.g. a reviewer's).
+    """
+    import pandas as pd
+
+    req = response.get("request") or {}
+    req = req.get("request", req) if "skill" not in req else req
+    skill = req.get("skill")
+    rewards = rewards if rewards is not None else response.get("rewards")
+    rows = []
+    for i, r in enumerate(response.get("rollouts") or []):
+        out = r.get("output") or {}
+        row: dict[str, Any] = {"rollout": i, "skill": skill, "finish_reason": r.get("finish_reason")}
+        if skill == "point":
+            row["n_points"] = len(out.get("points") or [])
+        elif skill == "detect":
+            row["n_boxes"] = len(out.get("objects") or [])
+        else:
+            row["answer"] = out.get("answer")
+            reasoning = out.get("reasoning")
+            row["reasoning"] = reasoning.get("text") if isinstance(reasoning, Mapping) else None
+        row["reward"] = rewards[i] if rewards is not None and i < len(rewards) else None
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("rollout") if rows else pd.DataFrame()
+
+
+def checkpoints_frame(checkpoints: Iterable[Mapping[str, Any]]) -> Any:
+    """Saved checkpoints indexed by ``step``: ``checkpoint_id``, ``created``, ``updated``, ``expires`` (UTC)."""
+    import pandas as pd
+
+    rows = []
+    for c in checkpoints:
+        rows.append({
+            "step": c.get("step"),
+            "checkpoint_id": c.get("checkpoint_id"),
+            "created": pd.to_datetime(c.get("created_at_ms"), unit="ms", utc=True),
+            "updated": pd.to_datetime(c.get("updated_at_ms"), unit="ms", utc=True),
+            "expires": pd.to_datetime(c.get("expires_at_ms"), unit="ms", utc=True),
+        })
+    if not rows:
+        return pd.DataFrame(columns=["checkpoint_id", "created", "updated", "expires"],
+                            index=pd.Index([], name="step", dtype="int64"))
+    return pd.DataFrame(rows).set_index("step").sort_index()
+
+
+def scores_frame(scores: Mapping[str, Sequence[float | None]]) -> Any:
+    """Scores per model (columns) and image (rows), plus a ``mean`` row."""
+    import pandas as pd
+
+    frame = pd.DataFrame({k: list(v) for k, v in scores.items()})
+    frame.index.name = "image"
+    if len(frame):
+        frame.loc["mean"] = frame.mean(numeric_only=True)
+    return frame

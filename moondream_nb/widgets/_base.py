@@ -1,0 +1,91 @@
+"""The base of every panel: ESM/CSS from package data, the image sent once, static fallback.
+
+Each panel's ESM is ``core.js`` + its own files, concatenated here at import time (plain ES
+modules, no bundler, no CDN: the files ship in ``moondream_nb/widgets/static``).
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import anywidget
+import traitlets as t
+
+from ._image import MAX_DISPLAY_SIDE, display_bytes, to_pil
+
+
+@lru_cache(maxsize=None)
+def static_text(name: str) -> str:
+    """The text of ``moondream_nb/widgets/static/<name>``."""
+    return resources.files(__package__).joinpath("static", name).read_text(encoding="utf-8")
+
+
+def esm(*names: str) -> str:
+    """One ES module from several static files (shared helpers first, the ``export`` last)."""
+    return "\n".join(static_text(n) for n in names)
+
+
+class Panel(anywidget.AnyWidget):
+    """Common behaviour: static fallback output and ``to_figure()``.
+
+    Subclasses implement :meth:`to_figure` and may override :meth:`_fallback_image`.
+    """
+
+    _css = static_text("panels.css")
+    width = t.Int(720, help="display width in CSS pixels (the image scales to fit)").tag(sync=True)
+
+    #: Add a picture of the panel to its display output, for viewers without a widget front end
+    #: (exported notebooks, GitHub, nbviewer): a JPEG for panels over a photo (a PNG of a
+    #: noisy photo is ~7x larger, and it is stored in the notebook on every display), a PNG for
+    #: charts. Off: the output carries only the widget view.
+    static_fallback: bool = True
+
+    def to_figure(self) -> Any:  # pragma: no cover - every subclass overrides it
+        raise NotImplementedError
+
+    def _fallback_image(self) -> tuple[str, bytes]:
+        """``(mime, bytes)`` of the panel as it is now: a PNG of :meth:`to_figure` by default."""
+        fig = self.to_figure()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+        return "image/png", buf.getvalue()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if not self.static_fallback or bundle is None:
+            return bundle
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        data = dict(data)
+        try:
+            mime, image = self._fallback_image()
+            data[mime] = image
+        except Exception as exc:  # a broken fallback must never hide the live widget
+            data["text/plain"] = f"{data.get('text/plain', '')}\n(static preview unavailable: {exc})"
+        return data, metadata
+
+
+class ImagePanel(Panel):
+    """A panel over one image: ``_image`` (bytes, sent once), ``_image_mime``, ``image_size``."""
+
+    _image = t.Bytes(b"").tag(sync=True)
+    _image_mime = t.Unicode("image/jpeg").tag(sync=True)
+    image_size = t.List(t.Int(), [1, 1], help="(width, height) of the original image in pixels").tag(sync=True)
+
+    def _image_state(self, image: Any, path: str = "image", max_side: int = MAX_DISPLAY_SIDE) -> dict:
+        """Decode ``image`` (kept as :attr:`pil_image`) and return the image traits to pass to
+        ``__init__``, so the bytes travel in the widget's opening message, once.
+
+        The bytes are at most ``max_side`` pixels on the long side; ``image_size`` stays the original.
+        """
+        pil = to_pil(image, path)
+        data, mime, size = display_bytes(pil, max_side)
+        self._pil = pil
+        return {"_image": data, "_image_mime": mime, "image_size": list(size)}
+
+    @property
+    def pil_image(self) -> Any:
+        """The image as a PIL image (original resolution)."""
+        return self._pil

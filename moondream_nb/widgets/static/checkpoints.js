@@ -1,0 +1,108 @@
+// checkpoints.js: CheckpointBrowser (core.js precedes it). Traits: checkpoints (table rows),
+// chosen (steps; -1 = base), offer_base, _images/_mimes/image_sizes (sent once), columns (per model:
+// label, color, cells per image {p|b|answer, score}), skill, prompt, status.
+
+const _cellUrls = new WeakMap();
+function cellUrl(model, i) {
+  let urls = _cellUrls.get(model);
+  if (!urls) _cellUrls.set(model, (urls = []));
+  if (!urls[i]) urls[i] = URL.createObjectURL(new Blob([model.get("_images")[i]], { type: model.get("_mimes")[i] }));
+  return urls[i];
+}
+
+function miniStage(url, W, H, cell, color) {
+  const root = h("div", { class: "mdnb-stage" });
+  const inner = h("div", { class: "mdnb-inner" });
+  inner.style.aspectRatio = `${W} / ${H}`;
+  const svg = s("svg", { class: "mdnb-svg", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
+  for (const p of cell.p || []) {
+    const c = s("circle", { class: "mdnb-shape mdnb-pt", cx: p[0] * W, cy: p[1] * H, r: Math.max(W, H) / 90 });
+    c.style.fill = color;
+    svg.append(c);
+  }
+  for (const b of cell.b || []) {
+    const r = s("rect", { class: "mdnb-shape mdnb-box", x: b[0] * W, y: b[1] * H, width: (b[2] - b[0]) * W, height: (b[3] - b[1]) * H });
+    r.style.stroke = color;
+    svg.append(r);
+  }
+  inner.append(h("img", { class: "mdnb-img", src: url, draggable: "false", alt: "" }), svg);
+  root.append(inner);
+  return root;
+}
+
+function render({ model, el }) {
+  const t0 = performance.now();
+  el.classList.add("mdnb", "mdnb-checkpoints");
+  isolateKeys(el);
+  const send = (msg) => model.send(msg);
+  const status = h("span", { class: "mdnb-status" });
+  const table = h("table", { class: "mdnb-table" });
+  const grid = h("div", { class: "mdnb-grid" });
+  el.replaceChildren(
+    h("div", { class: "mdnb-prompt", text: model.get("prompt") }),
+    h("div", { class: "mdnb-toolbar" },
+      h("button", { class: "mdnb-btn mdnb-primary", "data-act": "run", text: "Run chosen", onclick: () => { status.textContent = "running…"; send({ type: "run" }); } }),
+      h("button", { class: "mdnb-btn", "data-act": "save", text: "Save current step", onclick: () => send({ type: "save" }) }),
+      h("button", { class: "mdnb-btn", "data-act": "refresh", text: "Refresh", onclick: () => send({ type: "refresh" }) }),
+      status),
+    table, grid);
+
+  function toggle(step, on) {
+    const cur = new Set(model.get("chosen"));
+    if (on) cur.add(step); else cur.delete(step);
+    model.set("chosen", [...cur].sort((a, b) => a - b));
+    model.save_changes();
+  }
+
+  function drawTable() {
+    const chosen = new Set(model.get("chosen"));
+    const base = model.get("offer_base") ? [{ step: -1, checkpoint_id: "base model", created: "", expires: "" }] : [];
+    const rows = [...base, ...model.get("checkpoints")];
+    const head = h("tr", {}, ...["", "step", "checkpoint", "created (UTC)", "expires", ""].map((t) => h("th", { text: t })));
+    const body = rows.map((r) => {
+      const box = h("input", { type: "checkbox", "data-step": r.step, "aria-label": `choose ${r.step}` });
+      box.checked = chosen.has(r.step);
+      box.addEventListener("change", () => toggle(r.step, box.checked));
+      const del = r.step >= 0 ? h("button", { class: "mdnb-btn", "data-act": "delete", "data-step": r.step, text: "delete",
+        onclick: () => { if (confirm(`Delete the checkpoint at step ${r.step}?`)) send({ type: "delete", step: r.step }); } }) : "";
+      return h("tr", {}, h("td", {}, box), h("td", { text: r.step >= 0 ? r.step : "–" }), h("td", { text: r.checkpoint_id }),
+        h("td", { text: r.created }), h("td", { text: r.expires }), h("td", {}, del));
+    });
+    table.replaceChildren(head, ...body);
+  }
+
+  function drawGrid() {
+    const cols = model.get("columns") || [];
+    const sizes = model.get("image_sizes");
+    grid.style.gridTemplateColumns = `repeat(${Math.max(1, cols.length)}, minmax(160px, 260px))`;
+    const cells = [];
+    for (const c of cols) {
+      const mean = c.cells.filter((x) => x.score !== null && x.score !== undefined);
+      const avg = mean.length ? mean.reduce((a, x) => a + x.score, 0) / mean.length : null;
+      cells.push(h("div", { class: "mdnb-cell" }, h("b", { text: c.label }), avg !== null ? h("span", { class: "mdnb-score", text: `mean score ${fmt(avg)}` }) : null));
+    }
+    sizes.forEach(([W, H], i) => {
+      for (const c of cols) {
+        const cell = c.cells[i] || {};
+        cells.push(h("div", { class: "mdnb-cell", "data-label": c.label, "data-image": i },
+          miniStage(cellUrl(model, i), W, H, cell, c.color),
+          cell.answer !== undefined ? h("span", { class: "mdnb-answer", text: cell.answer }) : null,
+          cell.score !== null && cell.score !== undefined ? h("span", { class: "mdnb-score", text: `score ${fmt(cell.score)}` }) : null));
+      }
+    });
+    grid.replaceChildren(...cells);
+  }
+  const drawStatus = () => { status.textContent = model.get("status"); };
+  model.on("change:checkpoints", drawTable);
+  model.on("change:chosen", drawTable);
+  model.on("change:columns", drawGrid);
+  model.on("change:status", drawStatus);
+  drawTable(); drawGrid(); drawStatus();
+  markPainted(el, t0, null);
+  return () => {
+    model.off("change:checkpoints", drawTable); model.off("change:chosen", drawTable);
+    model.off("change:columns", drawGrid); model.off("change:status", drawStatus);
+  };
+}
+
+export default { render };

@@ -1,0 +1,180 @@
+// core.js: shared by every moondream-nb panel (concatenated in front of each panel's ESM by
+// Python, so there is no bundler and no runtime import). An image with an SVG overlay in image
+// pixel units, zoom and pan, shape drawing, and small DOM helpers. Coordinates in the model are
+// always normalized 0-1; pixels exist only here.
+
+const SVGNS = "http://www.w3.org/2000/svg";
+const POINT_RADIUS_PX = 5; // on screen, whatever the zoom
+const HANDLE_PX = 6;
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "text") el.textContent = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children) if (c !== null && c !== undefined) el.append(c);
+  return el;
+}
+
+function s(tag, attrs = {}) {
+  const el = document.createElementNS(SVGNS, tag);
+  for (const [k, v] of Object.entries(attrs)) if (v !== undefined && v !== null) el.setAttribute(k, v);
+  return el;
+}
+
+const clamp01 = (v) => Math.min(1, Math.max(0, v));
+const round6 = (v) => Math.round(v * 1e6) / 1e6;
+
+// One object URL per (model, trait): re-rendering a view or opening a second one reuses the
+// bytes the kernel sent once; nothing is re-sent or re-decoded from base64.
+const _urls = new WeakMap();
+function imageUrl(model, key = "_image") {
+  let per = _urls.get(model);
+  if (!per) _urls.set(model, (per = new Map()));
+  const data = model.get(key);
+  const cached = per.get(key);
+  if (cached && cached.data === data) return cached.url;
+  if (cached) URL.revokeObjectURL(cached.url);
+  if (!data || !data.byteLength) return "";
+  const url = URL.createObjectURL(new Blob([data], { type: model.get("_image_mime") || "image/jpeg" }));
+  per.set(key, { data, url });
+  return url;
+}
+
+// Per-model scratch state shared by all views of one widget (undo stacks, selection focus).
+const _scratch = new WeakMap();
+function scratch(model) {
+  let st = _scratch.get(model);
+  if (!st) _scratch.set(model, (st = { undo: [], redo: [] }));
+  return st;
+}
+
+// Keys typed into a panel must not reach JupyterLab's command-mode shortcuts ("d d" deletes a
+// cell, digits change cell types); Lumino skips targets inside [data-lm-suppress-shortcuts].
+function isolateKeys(el) {
+  el.setAttribute("data-lm-suppress-shortcuts", "true");
+  el.addEventListener("keydown", (e) => e.stopPropagation());
+  el.addEventListener("keypress", (e) => e.stopPropagation());
+}
+
+// The stage: <img> + <svg viewBox="0 0 W H"> inside a transformed wrapper (zoom/pan).
+function createStage(model, { sizeKey = "image_size", imageKey = "_image", width } = {}) {
+  const [W, H] = model.get(sizeKey) || [1, 1];
+  const root = h("div", { class: "mdnb-stage", tabindex: "0" });
+  const cssWidth = width ?? model.get("width");
+  if (cssWidth) root.style.setProperty("--mdnb-width", `${cssWidth}px`);
+  const inner = h("div", { class: "mdnb-inner" });
+  const img = h("img", { class: "mdnb-img", draggable: "false", alt: "" });
+  const svg = s("svg", { class: "mdnb-svg", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
+  inner.style.aspectRatio = `${W} / ${H}`;
+  inner.append(img, svg);
+  root.append(inner);
+  const url = imageUrl(model, imageKey);
+  if (url) img.src = url;
+  const view = { z: 1, tx: 0, ty: 0 };
+  const stage = { root, inner, img, svg, W, H, view, listeners: [] };
+
+  // Image pixels per screen pixel: keeps point radii and handles a constant size on screen.
+  stage.unit = () => {
+    const r = svg.getBoundingClientRect();
+    return r.width > 0 ? W / r.width : 1;
+  };
+  stage.toNorm = (e) => {
+    const r = svg.getBoundingClientRect();
+    return [clamp01((e.clientX - r.left) / r.width), clamp01((e.clientY - r.top) / r.height)];
+  };
+  stage.apply = () => {
+    inner.style.transform = `translate(${view.tx}px, ${view.ty}px) scale(${view.z})`;
+    stage.rescale();
+  };
+  stage.rescale = () => {
+    const u = stage.unit();
+    for (const c of svg.querySelectorAll("circle.mdnb-pt")) c.setAttribute("r", POINT_RADIUS_PX * u);
+    for (const c of svg.querySelectorAll("rect.mdnb-handle")) {
+      const cx = +c.dataset.cx, cy = +c.dataset.cy;
+      c.setAttribute("x", cx - HANDLE_PX * u);
+      c.setAttribute("y", cy - HANDLE_PX * u);
+      c.setAttribute("width", 2 * HANDLE_PX * u);
+      c.setAttribute("height", 2 * HANDLE_PX * u);
+    }
+    for (const t of svg.querySelectorAll("text.mdnb-label")) t.setAttribute("font-size", 12 * u);
+  };
+  stage.zoomAt = (factor, clientX, clientY) => {
+    const r = root.getBoundingClientRect();
+    const px = (clientX ?? r.left + r.width / 2) - r.left, py = (clientY ?? r.top + r.height / 2) - r.top;
+    const z = Math.min(16, Math.max(1, view.z * factor));
+    view.tx = px - ((px - view.tx) * z) / view.z;
+    view.ty = py - ((py - view.ty) * z) / view.z;
+    view.z = z;
+    if (z === 1) view.tx = view.ty = 0;
+    stage.apply();
+  };
+  stage.fit = () => { view.z = 1; view.tx = view.ty = 0; stage.apply(); };
+  root.addEventListener("wheel", (e) => {
+    if (!(e.ctrlKey || e.metaKey || e.altKey)) return; // plain wheel scrolls the notebook
+    e.preventDefault();
+    stage.zoomAt(Math.exp(-e.deltaY * 0.002), e.clientX, e.clientY);
+  }, { passive: false });
+  // Pan: middle button, or Shift+drag, anywhere; panels call stage.startPan for plain drags.
+  stage.startPan = (e) => {
+    const x0 = e.clientX, y0 = e.clientY, tx0 = view.tx, ty0 = view.ty;
+    const move = (ev) => { view.tx = tx0 + ev.clientX - x0; view.ty = ty0 + ev.clientY - y0; stage.apply(); };
+    const up = () => { window.removeEventListener("pointermove", move); window.removeEventListener("pointerup", up); };
+    window.addEventListener("pointermove", move);
+    window.addEventListener("pointerup", up);
+  };
+  root.addEventListener("pointerdown", (e) => {
+    if (e.button === 1 || (e.button === 0 && e.shiftKey && view.z > 1)) { e.preventDefault(); e.stopPropagation(); stage.startPan(e); }
+  }, true);
+  const ro = new ResizeObserver(() => stage.rescale());
+  ro.observe(root);
+  stage.destroy = () => ro.disconnect();
+  // Resolves once the image is decoded and laid out (first paint measurements wait for it).
+  stage.ready = (url ? img.decode().catch(() => {}) : Promise.resolve()).then(() => stage.rescale());
+  return stage;
+}
+
+// Draw one shape in image pixel units; data-i carries its index for hit-testing.
+function shapeEl(shape, i, W, H, u) {
+  const color = shape.color || "#ffcc00";
+  let el;
+  if (shape.type === "point") {
+    el = s("circle", { class: "mdnb-shape mdnb-pt", cx: shape.x * W, cy: shape.y * H, r: POINT_RADIUS_PX * u });
+    el.style.fill = color;
+  } else {
+    el = s("rect", {
+      class: "mdnb-shape mdnb-box",
+      x: shape.x_min * W, y: shape.y_min * H,
+      width: Math.max(0, (shape.x_max - shape.x_min) * W), height: Math.max(0, (shape.y_max - shape.y_min) * H),
+    });
+    el.style.stroke = color;
+  }
+  el.dataset.i = i;
+  return el;
+}
+
+function labelEl(shape, W, H, u) {
+  if (!shape.label) return null;
+  const x = (shape.type === "point" ? shape.x : shape.x_min) * W;
+  const y = (shape.type === "point" ? shape.y : shape.y_min) * H;
+  const t = s("text", { class: "mdnb-label", x: x + 2 * u, y: y - 3 * u, "font-size": 12 * u });
+  t.style.fill = shape.color || "#ffcc00";
+  t.textContent = shape.label;
+  return t;
+}
+
+// Record the first paint of a panel: render start -> image decoded, overlay built, frame shown.
+function markPainted(el, t0, stage) {
+  el.dataset.buildMs = (performance.now() - t0).toFixed(1); // synchronous DOM work only
+  (stage ? stage.ready : Promise.resolve()).then(() => { el.dataset.decodedMs = (performance.now() - t0).toFixed(1); requestAnimationFrame(() => {
+    el.dataset.paintMs = (performance.now() - t0).toFixed(1);
+    el.classList.add("mdnb-painted");
+  }); });
+}
+
+function fmt(v, digits = 2) {
+  return v === null || v === undefined || Number.isNaN(v) ? "–" : Number(v).toFixed(digits);
+}

@@ -1,0 +1,216 @@
+// reviewer.js: RolloutReviewer (core.js precedes it). One request's rollouts over its image,
+// a colour each, a legend with answers and a reward control per rollout.
+// Model traits: _image, image_size, has_image, skill, prompt, _rollouts ({p|b: coords, answer,
+// reasoning}), colors, rewards, reward_mode ("binary"|"scale"|"rank"), selected, status.
+
+const GOOD = 0.5; // binary mode: reward >= GOOD counts as good
+
+function rankOrder(rewards) {
+  return rewards.map((r, i) => [r, i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).map((x) => x[1]);
+}
+function rankRewards(order) {
+  const n = order.length, out = new Array(n);
+  order.forEach((idx, pos) => { out[idx] = n > 1 ? Math.round((1 - pos / (n - 1)) * 1e6) / 1e6 : 1; });
+  return out;
+}
+
+function render({ model, el }) {
+  const t0 = performance.now();
+  el.classList.add("mdnb", "mdnb-reviewer");
+  isolateKeys(el);
+  el.tabIndex = 0;
+  const rolls = model.get("_rollouts") || [];
+  const colors = model.get("colors") || [];
+  const n = rolls.length;
+  const mode = model.get("reward_mode");
+  let armed = false; // a digit picked a rollout; the next 0/1 scores it
+
+  const setRewards = (rewards) => { model.set("rewards", rewards); model.save_changes(); };
+  const setReward = (i, v) => {
+    const r = (model.get("rewards") || []).slice();
+    r[i] = Math.round(clamp01(v) * 1e6) / 1e6;
+    setRewards(r);
+  };
+  const toggle = (i) => { const r = model.get("rewards")[i]; setReward(i, r >= GOOD ? 0 : 1); };
+  const select = (i) => { model.set("selected", i); model.save_changes(); };
+  const submit = () => { model.save_changes(); model.send({ type: "submit" }); };
+
+  // --- image + overlay: built once; reward changes only flip classes ---------------------
+  let stage = null;
+  const groups = [];
+  if (model.get("has_image")) {
+    stage = createStage(model);
+    const { svg, W, H } = stage;
+    // One markup string parsed once: far faster than 800 createElementNS + style calls. Colour
+    // sits on the <g> (stroke for boxes, fill for points) and is inherited.
+    const r = POINT_RADIUS_PX * stage.unit();
+    const f = (v) => +v.toFixed(2);
+    const parts = [];
+    rolls.forEach((roll, i) => {
+      const color = String(colors[i]).replace(/[^#a-zA-Z0-9(),.% ]/g, "");
+      parts.push(`<g class="mdnb-roll" data-r="${i}" stroke="${color}" fill="${color}">`);
+      for (const p of roll.p || []) parts.push(`<circle class="mdnb-shape mdnb-pt" cx="${f(p[0] * W)}" cy="${f(p[1] * H)}" r="${r}"/>`);
+      for (const b of roll.b || []) {
+        parts.push(`<rect class="mdnb-shape mdnb-box" x="${f(b[0] * W)}" y="${f(b[1] * H)}" width="${f((b[2] - b[0]) * W)}" height="${f((b[3] - b[1]) * H)}"/>`);
+      }
+      parts.push("</g>");
+    });
+    svg.insertAdjacentHTML("beforeend", parts.join(""));
+    groups.push(...svg.querySelectorAll("g.mdnb-roll"));
+    svg.addEventListener("click", (e) => {
+      const g = e.target.closest && e.target.closest("g.mdnb-roll");
+      if (!g) return;
+      const i = +g.dataset.r;
+      armed = false;
+      if (mode === "binary") toggle(i);
+      select(i);
+    });
+  }
+
+  // --- legend -------------------------------------------------------------------------
+  const items = [];
+  const values = [];
+  const sliders = [];
+  const legend = h("div", { class: "mdnb-legend" });
+  rolls.forEach((roll, i) => {
+    const np = (roll.p || []).length, nb = (roll.b || []).length;
+    let text = roll.answer ?? "";
+    if (!text && model.get("skill") === "point") text = `${np} point${np === 1 ? "" : "s"}`;
+    if (!text && model.get("skill") === "detect") text = `${nb} box${nb === 1 ? "" : "es"}`;
+    const answer = h("span", { class: "mdnb-answer", text });
+    if (roll.reasoning) answer.append(h("span", { class: "mdnb-reasoning", text: roll.reasoning }));
+    const value = h("span", { class: "mdnb-reward" });
+    const swatch = h("span", { class: "mdnb-swatch" });
+    swatch.style.background = colors[i];
+    const item = h("div", { class: "mdnb-item", "data-r": i, title: `rollout ${i + 1}` },
+      swatch, h("span", { class: "mdnb-idx", text: `#${i + 1}` }), answer, value);
+    if (mode === "scale") {
+      const slider = h("input", { type: "range", min: "0", max: "1", step: "0.05", "aria-label": `reward of rollout ${i + 1}` });
+      slider.addEventListener("input", () => setReward(i, +slider.value));
+      slider.addEventListener("click", (e) => e.stopPropagation());
+      item.append(slider);
+      sliders.push(slider);
+    }
+    item.addEventListener("click", () => { armed = false; if (mode === "binary") toggle(i); select(i); });
+    item.addEventListener("mouseenter", () => groups.forEach((g, j) => g.classList.toggle("mdnb-dim", j !== i)));
+    item.addEventListener("mouseleave", () => groups.forEach((g) => g.classList.remove("mdnb-dim")));
+    if (mode === "rank") enableRankDrag(item, i);
+    items.push(item);
+    values.push(value);
+  });
+
+  // Rank mode: drag a legend row to a new place; rewards become evenly spaced 1 ... 0.
+  function enableRankDrag(item, i) {
+    item.addEventListener("pointerdown", (e) => {
+      if (e.button !== 0) return;
+      const y0 = e.clientY;
+      let target = null;
+      const move = (ev) => {
+        if (Math.abs(ev.clientY - y0) < 4 && target === null) return;
+        item.classList.add("mdnb-dragging");
+        const rows = [...legend.querySelectorAll(".mdnb-item")];
+        target = rows.length;
+        for (let k = 0; k < rows.length; k++) {
+          const r = rows[k].getBoundingClientRect();
+          if (ev.clientY < r.top + r.height / 2) { target = k; break; }
+        }
+        rows.forEach((row, k) => row.classList.toggle("mdnb-drop-before", k === target));
+      };
+      const up = () => {
+        window.removeEventListener("pointermove", move);
+        window.removeEventListener("pointerup", up);
+        item.classList.remove("mdnb-dragging");
+        legend.querySelectorAll(".mdnb-drop-before").forEach((r) => r.classList.remove("mdnb-drop-before"));
+        if (target === null) return;
+        const order = rankOrder(model.get("rewards")).filter((j) => j !== i);
+        const from = rankOrder(model.get("rewards")).indexOf(i);
+        order.splice(target > from ? target - 1 : target, 0, i);
+        setRewards(rankRewards(order));
+        select(i);
+      };
+      window.addEventListener("pointermove", move);
+      window.addEventListener("pointerup", up);
+    });
+  }
+
+  function moveInRank(i, delta) {
+    const order = rankOrder(model.get("rewards"));
+    const pos = order.indexOf(i), to = Math.min(n - 1, Math.max(0, pos + delta));
+    if (to === pos) return;
+    order.splice(pos, 1);
+    order.splice(to, 0, i);
+    setRewards(rankRewards(order));
+  }
+
+  // --- state -> DOM -------------------------------------------------------------------
+  function update() {
+    const rewards = model.get("rewards") || [];
+    const sel = model.get("selected");
+    for (let i = 0; i < n; i++) {
+      const r = rewards[i], bad = mode === "binary" ? !(r >= GOOD) : false;
+      items[i].classList.toggle("mdnb-bad", bad);
+      items[i].classList.toggle("mdnb-sel", i === sel);
+      values[i].textContent = mode === "binary" ? `${r >= GOOD ? "✓" : "✗"} ${fmt(r)}` : fmt(r);
+      if (sliders[i] && +sliders[i].value !== r) sliders[i].value = r;
+      if (groups[i]) {
+        groups[i].classList.toggle("mdnb-bad", bad);
+        groups[i].classList.toggle("mdnb-focus", i === sel);
+      }
+    }
+    if (mode === "rank") legend.replaceChildren(...rankOrder(rewards).map((i) => items[i]));
+    else if (!legend.childElementCount) legend.replaceChildren(...items);
+    statusEl.textContent = model.get("status");
+  }
+
+  // --- header, buttons, keys ------------------------------------------------------------
+  const hints = {
+    binary: "click a rollout (image or list) to toggle good/bad · keys: 1–9 pick, then 1 good / 0 bad · Space toggles · ←/→ move · Enter submits",
+    scale: "slider per rollout · keys: 1–9 pick, 0/1 set, ↑/↓ ±0.1 · Enter submits",
+    rank: "drag rows to rank (top = best) · keys: 1–9 pick, ↑/↓ move in rank · Enter submits",
+  };
+  const statusEl = h("span", { class: "mdnb-status" });
+  const toolbar = h("div", { class: "mdnb-toolbar" },
+    h("button", { class: "mdnb-btn mdnb-primary", "data-act": "submit", text: "Submit ⏎", onclick: () => submit() }),
+    mode === "binary" ? h("button", { class: "mdnb-btn", "data-act": "all-good", text: "all good", onclick: () => setRewards(new Array(n).fill(1)) }) : null,
+    mode === "binary" ? h("button", { class: "mdnb-btn", "data-act": "all-bad", text: "all bad", onclick: () => setRewards(new Array(n).fill(0)) }) : null,
+    stage ? h("button", { class: "mdnb-btn", "data-act": "fit", title: "Fit (f)", text: "⤢", onclick: () => stage.fit() }) : null,
+    statusEl);
+  const header = h("div", { class: "mdnb-prompt", text: model.get("prompt") });
+  const body = h("div", { class: "mdnb-review" }, stage ? stage.root : null, legend);
+  el.replaceChildren(header, toolbar, body, h("div", { class: "mdnb-hint", text: hints[mode] }));
+
+  el.addEventListener("keydown", (e) => {
+    if (e.target.tagName === "INPUT" && e.key !== "Enter") return;
+    const k = e.key, sel = model.get("selected");
+    let handled = true;
+    if (k === "Enter") submit();
+    else if (armed && sel >= 0 && (k === "0" || k === "1")) { setReward(sel, +k); armed = false; }
+    else if (k >= "1" && k <= "9" && +k <= n) { select(+k - 1); armed = true; }
+    else if (k === " " && sel >= 0 && mode === "binary") toggle(sel);
+    else if (k === "ArrowRight" || k === "j") { select(Math.min(n - 1, sel + 1)); armed = false; }
+    else if (k === "ArrowLeft" || k === "k") { select(Math.max(0, sel - 1)); armed = false; }
+    else if ((k === "ArrowUp" || k === "ArrowDown") && sel >= 0 && mode === "rank") moveInRank(sel, k === "ArrowUp" ? -1 : 1);
+    else if ((k === "ArrowUp" || k === "ArrowDown") && sel >= 0) setReward(sel, model.get("rewards")[sel] + (k === "ArrowUp" ? 0.1 : -0.1));
+    else if (k === "Escape") { select(-1); armed = false; }
+    else if (k === "f" && stage) stage.fit();
+    else if ((k === "+" || k === "=") && stage) stage.zoomAt(1.5);
+    else if (k === "-" && stage) stage.zoomAt(1 / 1.5);
+    else handled = false;
+    if (handled) e.preventDefault();
+  });
+  el.addEventListener("pointerdown", (e) => { if (e.target.tagName !== "INPUT" && e.target.tagName !== "BUTTON") el.focus({ preventScroll: true }); });
+
+  model.on("change:rewards", update);
+  model.on("change:selected", update);
+  model.on("change:status", update);
+  update();
+  markPainted(el, t0, stage);
+  return () => {
+    model.off("change:rewards", update);
+    model.off("change:selected", update);
+    model.off("change:status", update);
+    if (stage) stage.destroy();
+  };
+}
+
+export default { render };

@@ -1,0 +1,46 @@
+// target.js: TargetEditor (core.js + canvas.js precede it). Draw the right points/boxes, or
+// type the answer (and reasoning) for query. Extra traits: skill, prompt, has_image, answer,
+// reasoning, reasoning_text.
+
+function textField(model, key, label, rows) {
+  const area = h("textarea", { rows: String(rows), "data-field": key, "aria-label": label });
+  area.value = model.get(key);
+  area.addEventListener("input", () => { model.set(key, area.value); model.save_changes(); });
+  const sync = () => { if (area.value !== model.get(key)) area.value = model.get(key); };
+  model.on(`change:${key}`, sync);
+  return [h("label", { class: "mdnb-field" }, h("span", { text: label }), area), () => model.off(`change:${key}`, sync)];
+}
+
+function render({ model, el }) {
+  const t0 = performance.now();
+  el.classList.add("mdnb", "mdnb-target");
+  isolateKeys(el);
+  const parts = [h("div", { class: "mdnb-prompt", text: model.get("prompt") })];
+  const cleanups = [];
+  let canvasEl = null;
+  if (model.get("has_image")) {
+    canvasEl = h("div");
+    cleanups.push(renderCanvas(model, canvasEl));
+    parts.push(canvasEl);
+  }
+  if (model.get("skill") === "query") {
+    const [answer, offA] = textField(model, "answer", "Answer", 2);
+    parts.push(answer);
+    cleanups.push(offA);
+    if (model.get("reasoning")) {
+      const [reasoning, offR] = textField(model, "reasoning_text", "Reasoning", 3);
+      parts.push(reasoning);
+      cleanups.push(offR);
+    }
+  } else {
+    const hint = model.get("skill") === "point"
+      ? "click to add a point (or, in box mode, drag boxes: a target is points or boxes) · drag to move · Del removes · Ctrl/Cmd-Z undo"
+      : "drag to draw a box · drag corners to resize · Del removes · Ctrl/Cmd-Z undo";
+    parts.push(h("div", { class: "mdnb-hint", text: hint }));
+  }
+  el.replaceChildren(...parts);
+  if (!canvasEl) markPainted(el, t0, null); // with an image, renderCanvas marks its own paint
+  return () => cleanups.forEach((f) => f && f());
+}
+
+export default { render };

@@ -1,0 +1,63 @@
+"""MetricsPanel and history_frame: the client's own history, live updates, smoothing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from moondream_nb.errors import ValidationError
+from moondream_nb.frames import history_frame
+from moondream_nb.plots import smooth
+from moondream_nb.widgets import MetricsPanel
+
+
+def _history():
+    rows = [{"kind": "train_step", "step": s, "time": float(s), "groups": 1, "rl_groups": 1, "sft_groups": 0,
+             "rollouts": 4, "skills": "point", "lr": 2e-4, "applied": True, "kl": 0.01 * s, "router_kl": None,
+             "grad_norm": 1.0 + s, "reward_mean": 0.2 * s, "reward_std": 0.1, "sft_loss": None} for s in (1, 2, 3)]
+    rows.append({"kind": "metrics", "step": 3, "time": 4.0, "eval/reward": 0.75})
+    return rows
+
+
+def test_history_frame_one_row_per_step():
+    frame = history_frame(_history())
+    assert list(frame.index) == [1, 2, 3] and frame.index.name == "step"
+    assert list(frame.columns[:6]) == ["reward_mean", "reward_std", "kl", "router_kl", "grad_norm", "sft_loss"]
+    assert frame.loc[3, "eval/reward"] == 0.75 and frame.loc[3, "kl"] == pytest.approx(0.03)
+    assert history_frame([]).empty and history_frame([]).index.name == "step"
+
+
+def test_panel_series_and_validation():
+    panel = MetricsPanel(_history(), live=False)
+    assert set(panel.series) == {"reward_mean", "reward_std", "kl", "grad_norm", "eval/reward"}  # router_kl/sft_loss all null
+    assert panel.series["eval/reward"] == [[3, 0.75]] and panel.status == "3 steps · last 3"
+    assert panel.frame.equals(history_frame(_history()))
+    with pytest.raises(ValidationError, match="^smoothing:"):
+        panel.smoothing = 1.0
+    with pytest.raises(ValidationError, match="^ft:"):
+        MetricsPanel(42)
+
+
+def test_live_updates_from_a_real_finetune(server, responses):
+    ft = responses["ft"]
+    panel = MetricsPanel(ft, interval=0.05)
+    try:
+        before = len(panel.frame)
+        ft.log_metrics(ft.step or 0, {"eval/live": 0.5})
+        deadline = time.monotonic() + 5
+        while "eval/live" not in panel.series and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "eval/live" in panel.series  # picked up by the poller, no refresh() call
+        assert len(panel.frame) >= max(1, before)
+    finally:
+        panel.close()
+
+
+def test_smoothing_and_figure():
+    assert smooth([1.0, 1.0, 1.0], 0.9) == pytest.approx([1.0, 1.0, 1.0])  # bias-corrected
+    assert smooth([0.0, 10.0], 0.0) == [0.0, 10.0]
+    panel = MetricsPanel(_history(), live=False, smoothing=0.5)
+    fig = panel.to_figure()
+    assert [ax.get_title() for ax in fig.axes] == ["reward_mean", "kl", "grad_norm", "eval/reward"]
+    assert panel._repr_mimebundle_()[0]["image/png"][:4] == b"\x89PNG"
