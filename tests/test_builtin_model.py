@@ -3,7 +3,6 @@ image limits, and LoRA learning of a concept pretraining never saw."""
 
 import base64
 import io
-import random
 
 import pytest
 import torch
@@ -16,9 +15,10 @@ from moondream_nb.local.pretrain import evaluate
 from moondream_nb.local.weights import BASE, read_meta
 from moondream_nb.rewards import reward
 
-# Measured on 200 fresh held-out scenes when the weights were trained (see read_meta(BASE)["eval"]);
-# the floors sit a little under so a broken model, loader or sampler cannot pass.
-FLOORS = {"query_em": 0.40, "point_reward": 0.35, "detect_reward": 0.35}
+# Measured on these 200 held-out scenes with the shipped weights: query 0.905, point 0.965, detect
+# 0.847 (500 other fresh scenes: 0.876 / 0.943 / 0.876). The floors sit a little under, so a
+# broken model, loader or sampler cannot pass.
+FLOORS = {"query_em": 0.85, "point_reward": 0.92, "detect_reward": 0.80}
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,11 @@ def test_sft_teaches_a_held_out_concept(engine):
     assert after >= before + 0.15, (before, after)
 
 
-def test_rl_reward_rises_on_a_held_out_concept(engine):
-    _, curve = L.rl_run(engine, L.STAR_POINT, 16, seed=1)
-    assert sum(curve[-4:]) / 4 > sum(curve[:4]) / 4 + 0.05, curve
+def test_rl_teaches_a_held_out_concept(engine):
+    # Judged by greedy answers on scenes no step trained on: the per-step reward_mean of 4 requests
+    # is too noisy to show a 16-step rise reliably, the held-out reward is not.
+    held = range(7 * 10**8, 7 * 10**8 + 30)
+    before = L.evaluate(engine, L.STAR_POINT, None, held)
+    adapter, curve = L.rl_run(engine, L.STAR_POINT, 16, seed=1)
+    after = L.evaluate(engine, L.STAR_POINT, adapter, held)
+    assert after >= before + 0.2, (before, after, curve)

@@ -1,11 +1,12 @@
 """Pretrain the built-in model from scratch on procedurally generated scenes.
 
-    python -m moondream_nb.local.pretrain --out moondream_nb/local/weights/base.safetensors --minutes 60
+    taskset -c 0 python -m moondream_nb.local.pretrain --out moondream_nb/local/weights/base.safetensors --minutes 65 --threads 1
 
 Every step renders fresh scenes (never the held-out ``star`` / ``purple``), asks several tasks
 of each (query, caption, point, detect) and trains on teacher-forced cross-entropy under the
-grammar masks plus an auxiliary per-cell loss. Held-out metrics (greedy, fresh seeds) are
-logged as it goes; the weights are saved at every evaluation and at the end.
+grammar masks plus an auxiliary per-cell loss (the encoder alone on it for the first minutes).
+Held-out metrics (greedy, fresh seeds) are logged as it goes; the weights are saved at every
+evaluation and at the end. The budget is wall time, so a faster machine trains more steps.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .model import N_COLOUR_CLASSES, N_SHAPE_CLASSES, VLM, Config, preprocess
 from .sampler import Row, generate
 from .weights import save_base
 
-SKILL_MIX = (("query", 0.38), ("point", 0.26), ("detect", 0.26), ("caption", 0.10))
+SKILL_MIX = (("query", 0.43), ("point", 0.26), ("detect", 0.26), ("caption", 0.05))
 EVAL_SEED0 = 10**9  # held-out scenes: seeds no training step uses
 
 
@@ -47,15 +48,26 @@ def example_tokens(frame: tk.Frame, request: dict[str, Any], answer: dict[str, A
 
 
 def aux_targets(scene: sc.Scene, frame: tk.Frame) -> torch.Tensor:
-    """Per cell: [shape, colour, offset, width bin, height bin] of the object centred there (-100: none)."""
-    t = torch.full((tk.N_CELLS, 5), -100, dtype=torch.long)
-    t[:, 0] = N_SHAPE_CLASSES - 1
-    t[:, 1] = N_COLOUR_CLASSES - 1
-    for o in scene.objects:
+    """Per cell: [shape, colour, centre, offset, width bin, height bin] (-100: no label).
+
+    Shape and colour label every cell whose centre lies in the inner half of an object's box
+    (dense, so the encoder sees many positive cells per object), ``centre`` marks the cell an
+    object's centre falls in, and offset and size are labelled at centre cells only.
+    """
+    t = torch.full((tk.N_CELLS, 6), -100, dtype=torch.long)
+    t[:, 2] = 0
+    grid = (torch.arange(tk.GRID) + 0.5) / tk.GRID
+    for o in scene.objects:  # later objects are drawn on top: they win overlapping cells
+        (u0, v0), (u1, v1) = frame.to_model(o.box[0], o.box[1]), frame.to_model(o.box[2], o.box[3])
+        inside_x = (grid - (u0 + u1) / 2).abs() <= (u1 - u0) / 4
+        inside_y = (grid - (v0 + v1) / 2).abs() <= (v1 - v0) / 4
+        cells = (inside_y[:, None] & inside_x[None, :]).flatten()
+        label = torch.tensor([sc.SHAPES.index(o.shape), list(sc.COLOURS).index(o.colour)])
+        t[cells, :2] = label
         toks = tk.box_tokens(frame, o.box_dict)
         c = toks[0] - tk.CELL0
-        t[c] = torch.tensor([sc.SHAPES.index(o.shape), list(sc.COLOURS).index(o.colour), toks[1] - tk.OFF0,
-                             toks[2] - tk.SIZE0, toks[3] - tk.SIZE0])
+        t[c, :2] = label
+        t[c, 2:] = torch.tensor([1, toks[1] - tk.OFF0, toks[2] - tk.SIZE0, toks[3] - tk.SIZE0])
     return t
 
 
@@ -70,7 +82,7 @@ def make_batch(rng: random.Random, n_images: int, tasks: int, max_objects: int, 
         for _ in range(tasks):
             skill = rng.choices(skills, weights)[0]
             request, answer = sc.make_task(scene, skill, rng)
-            reasoning = skill == "query" and rng.random() < 0.25
+            reasoning = skill == "query" and rng.random() < 0.15
             seqs.append(example_tokens(frame, request, answer, reasoning))
             index.append(i)
     # Sorted by length and padded per chunk: captions and reasoning are 5× longer than the rest.
@@ -98,16 +110,18 @@ def masked_ce(model: VLM, logits: torch.Tensor, targets: torch.Tensor, states: t
 
 
 def aux_loss(model: VLM, cells: torch.Tensor, aux: torch.Tensor) -> torch.Tensor:
-    out = model.aux(cells)  # [B, cells, ...]
-    sizes = (N_SHAPE_CLASSES, N_COLOUR_CLASSES, tk.N_OFFS, tk.SIZE_BINS, tk.SIZE_BINS)
-    parts = out.split(sizes, -1)
-    loss = 0.0
-    for k, p in enumerate(parts):
-        tgt = aux[..., k]
-        if k >= 2:  # offset and size only where an object is centred
-            tgt = torch.where(aux[..., 0] == N_SHAPE_CLASSES - 1, torch.full_like(tgt, -100), tgt)
-        if (tgt != -100).any():
-            loss = loss + F.cross_entropy(p.flatten(0, 1), tgt.flatten(), ignore_index=-100)
+    """Per-cell supervision of the encoder. Shape and colour are learned only where an object
+    lies: averaged over all cells, the ~97% empty ones drown the signal and the encoder never
+    learns shapes (measured: centre-cell shape accuracy 0.16 after 55 min, vs 0.92 after 4 min)."""
+    out = model.aux(cells)
+    shape, colour, offset, width, height = out.split((N_SHAPE_CLASSES, N_COLOUR_CLASSES, tk.N_OFFS, tk.SIZE_BINS, tk.SIZE_BINS), -1)
+    loss = F.cross_entropy(shape[..., :-1].flatten(0, 1), aux[..., 0].flatten(), ignore_index=-100)
+    loss = loss + F.cross_entropy(colour[..., :-1].flatten(0, 1), aux[..., 1].flatten(), ignore_index=-100)
+    centre = aux[..., 2].float()
+    loss = loss + F.binary_cross_entropy_with_logits(shape[..., -1], centre, pos_weight=torch.tensor(10.0))
+    if bool(centre.any()):
+        for k, part in ((3, offset), (4, width), (5, height)):
+            loss = loss + 0.3 * F.cross_entropy(part.flatten(0, 1), aux[..., k].flatten(), ignore_index=-100)
     return loss
 
 
@@ -152,13 +166,15 @@ def evaluate(model: VLM, n: int = 200, seed0: int = EVAL_SEED0, batch: int = 50)
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="safetensors file to write")
-    ap.add_argument("--minutes", type=float, default=60.0)
+    ap.add_argument("--minutes", type=float, default=65.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=32, help="scenes per step")
     ap.add_argument("--tasks", type=int, default=4, help="tasks per scene")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--eval-every", type=float, default=5.0, help="minutes between evaluations")
     ap.add_argument("--eval-scenes", type=int, default=200)
+    ap.add_argument("--warmup-minutes", type=float, default=3.0,
+                    help="train the encoder alone on the per-cell loss first (≈3× faster steps)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--init", default=None, help="continue from these weights")
     args = ap.parse_args(argv)
@@ -175,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     budget = args.minutes * 60
     t0 = time.time()
     next_eval = args.eval_every * 60
-    step, ema = 0, None
+    step, joint_steps, ema = 0, 0, None
     log = Path(args.out).with_suffix(".log.jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -183,17 +199,25 @@ def main(argv: list[str] | None = None) -> None:
         if elapsed > budget:
             break
         progress = elapsed / budget
-        lr = args.lr * min(1.0, (step + 1) / 150) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        warm = elapsed < args.warmup_minutes * 60
+        joint_steps += not warm
+        lr = args.lr * min(1.0, (step + 1) / 150, 0.05 + joint_steps / 100 if not warm else 1.0) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for g in opt.param_groups:
             g["lr"] = lr
         max_objects = min(6, 2 + int(4 * progress / 0.25))  # curriculum: few objects first
-        b = make_batch(rng, args.images, args.tasks, max_objects)
-        memory = model.encode(b["images"])
-        # Token-weighted mean over chunks = the mean over every answer token of the step.
-        n_tok = sum(int((c["targets"] != -100).sum()) for c in b["chunks"])
-        lm = sum(masked_ce(model, model(b["images"], c["tokens"], c["index"], memory=memory), c["targets"], c["states"])
-                 * int((c["targets"] != -100).sum()) for c in b["chunks"]) / n_tok
-        la = aux_loss(model, memory.cells, b["aux"])
+        if warm:
+            # Encoder first: the decoder can only bind words to objects once cells know their shape.
+            b = make_batch(rng, args.images, 0, 6)
+            lm = torch.zeros(())
+            la = aux_loss(model, model.encoder(b["images"], None), b["aux"])
+        else:
+            b = make_batch(rng, args.images, args.tasks, max_objects)
+            memory = model.encode(b["images"])
+            # Token-weighted mean over chunks = the mean over every answer token of the step.
+            n_tok = sum(int((c["targets"] != -100).sum()) for c in b["chunks"])
+            lm = sum(masked_ce(model, model(b["images"], c["tokens"], c["index"], memory=memory), c["targets"], c["states"])
+                     * int((c["targets"] != -100).sum()) for c in b["chunks"]) / n_tok
+            la = aux_loss(model, memory.cells, b["aux"])
         loss = lm + la
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -13,7 +13,7 @@ from PIL import Image
 import moondream_nb as md
 
 from .conftest import FAST, KEY
-from .peer import FINETUNE_ID, Reply, sse
+from .peer import FINETUNE_ID, Reply
 
 
 def test_calls_and_return_shapes(peer, inference, image):
