@@ -68,14 +68,14 @@ def main() -> None:
     engine = Engine(args.weights)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"timings_ms": timings(engine)}
+    report: dict = {"torch_threads": torch.get_num_threads(), "timings_ms": timings(engine)}
     print("speed (median ms):", json.dumps({k: round(v, 1) for k, v in report["timings_ms"].items()}))
     held = range(10**8, 10**8 + args.eval_scenes)
     known = {c.name: L.evaluate(engine, c, None, held) for c in (L.KNOWN_POINT, L.KNOWN_DETECT)}
     print("known concepts, base:", json.dumps({k: round(v, 3) for k, v in known.items()}))
     for concept in (L.STAR_POINT, L.PURPLE_DETECT):
         base = L.evaluate(engine, concept, None, held)
-        rl_curves, rl_after, sft_held, known_after, walls = [], [], [], [], []
+        rl_curves, rl_after, sft_held, known_after, known_after_sft, walls = [], [], [], [], [], []
         for seed in range(args.seeds):
             t = time.perf_counter()
             adapter, curve = L.rl_run(engine, concept, args.rl_steps, seed=seed)
@@ -83,15 +83,17 @@ def main() -> None:
             rl_curves.append(curve)
             rl_after.append(L.evaluate(engine, concept, adapter, held))
             known_after.append({c.name: L.evaluate(engine, c, adapter, held) for c in (L.KNOWN_POINT, L.KNOWN_DETECT)})
-            _, _, h = L.sft_run(engine, concept, args.sft_steps, seed=seed, eval_seeds=held)
+            sft_adapter, _, h = L.sft_run(engine, concept, args.sft_steps, seed=seed, eval_seeds=held)
             sft_held.append(h)
+            known_after_sft.append({c.name: L.evaluate(engine, c, sft_adapter, held)
+                                    for c in (L.KNOWN_POINT, L.KNOWN_DETECT)})
         median_curve = [statistics.median(c[k] for c in rl_curves) for k in range(args.rl_steps)]
         sft_median = [(h[0], statistics.median(s[i][1] for s in sft_held)) for i, h in enumerate(sft_held[0])]
         rec = {
             "concept": concept.name, "base_reward": base,
             "rl_reward_mean_median_curve": median_curve, "rl_held_out_after": rl_after,
             "rl_wall_s_median": statistics.median(walls),
-            "sft_held_out_median": sft_median, "known_after_rl": known_after,
+            "sft_held_out_median": sft_median, "known_after_rl": known_after, "known_after_sft": known_after_sft,
         }
         report[concept.name] = rec
         print(f"\n{concept.name}: base held-out reward {base:.3f}")
@@ -101,6 +103,7 @@ def main() -> None:
         print(f"  RL held-out after {args.rl_steps} steps: {[round(v, 3) for v in rl_after]}; wall {rec['rl_wall_s_median']:.0f} s")
         print("  SFT held-out reward (median):", [(s, round(v, 3)) for s, v in sft_median])
         print("  known concepts after RL:", [{k: round(v, 3) for k, v in d.items()} for d in known_after])
+        print("  known concepts after SFT:", [{k: round(v, 3) for k, v in d.items()} for d in known_after_sft])
         try:
             import matplotlib
 

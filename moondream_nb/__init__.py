@@ -6,6 +6,7 @@ Importing this package loads only requests and pillow.
 """
 
 from ._version import __version__
+from .connection import Connection, connect
 from .client import Batch, EncodedImage, Finetune, ImageEncoder, VL, ft, vl
 from .errors import (
     AuthenticationError,
@@ -20,6 +21,8 @@ from .errors import (
 
 __all__ = [
     "__version__",
+    "connect",
+    "Connection",
     "ft",
     "vl",
     "Finetune",

@@ -4,6 +4,9 @@
                                                a LoRA finetune learning a concept it never saw
     moondream-nb serve [--host H] [--port P] [--data-dir DIR] [--api-key KEY ...]
                                                the local tuning/inference/batch server (API.md)
+    moondream-nb lab [--port P] [--no-browser] [--dir DIR] [--data-dir DIR]
+                                               the local server (or the cloud with $MOONDREAM_API_KEY),
+                                               then JupyterLab with the notebooks
 """
 
 from __future__ import annotations
@@ -60,9 +63,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="accepted key (repeatable; also $MOONDREAM_LOCAL_API_KEYS, comma-separated); "
                         "one is generated and printed when none is given")
     s.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    lab = sub.add_parser("lab", help="the local server (or the cloud with $MOONDREAM_API_KEY), then JupyterLab with the notebooks")
+    lab.add_argument("--port", type=int, default=8888, help="JupyterLab's port (default 8888)")
+    lab.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    lab.add_argument("--dir", default=None, help="the notebooks folder (default the repository's notebooks/)")
+    lab.add_argument("--data-dir", default=None, help="the local server's data (default ~/.moondream-nb/local)")
     args = ap.parse_args(argv)
     if args.command == "demo":
         return demo(args.steps, args.seed)
+    if args.command == "lab":
+        from .lab import run_lab
+
+        return run_lab(args.port, not args.no_browser, args.dir, args.data_dir)
     if args.command == "serve":
         from .local.runner import run
 

@@ -18,14 +18,18 @@ def history_frame(history: Iterable[Mapping[str, Any]]) -> Any:
 
     Args:
         history: ``ft.history`` (rows with ``kind``, ``step``, ``time`` and values); a step that
-            has both a train-step row and metric rows becomes one row (the latest value wins).
+            has both a train-step row and metric rows becomes one row (the latest value wins);
+            train steps the server did not apply are left out.
 
     Returns:
         ``pandas.DataFrame`` (index ``step``, sorted); empty with that index when there is nothing.
     """
     import pandas as pd
 
-    rows = [dict(r) for r in history if isinstance(r, Mapping) and r.get("step") is not None]
+    # A train step the server did not apply (e.g. every reward equal) leaves the step number as it
+    # was; its figures must not overwrite those of the step that was applied.
+    rows = [dict(r) for r in history if isinstance(r, Mapping) and r.get("step") is not None
+            and not (r.get("kind") == "train_step" and r.get("applied") is False)]
     if not rows:
         return pd.DataFrame(index=pd.Index([], name="step", dtype="int64"))
     frame = pd.DataFrame(rows).drop(columns=["kind"], errors="ignore")

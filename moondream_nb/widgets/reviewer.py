@@ -190,6 +190,8 @@ class RolloutReviewer(ImagePanel):
     def _on_front_end_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         if isinstance(content, dict) and content.get("type") == "submit":
             try:
+                if "rewards" in content:  # the front end's latest (its state update may still be queued)
+                    self.rewards = content["rewards"]
                 self.submit()
             except Exception:
                 traceback.print_exc()  # the kernel log / log console; the panel shows the status

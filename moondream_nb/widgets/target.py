@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import traceback
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import traitlets as t
@@ -13,6 +14,8 @@ from ._image import request_image
 from ._shapes import normalize_layers, split
 from .canvas import ImageCanvas
 from .reviewer import prompt_of, skill_request, validate_response
+
+NAV_ACTIONS = ("next", "previous", "skip")
 
 # A point target may be boxes instead of points (API: exactly one of the two), hence "box" there.
 _MODES = {"point": ("point", ["point", "box", "select", "view"]), "detect": ("box", ["box", "select", "view"]),
@@ -51,6 +54,7 @@ class TargetEditor(ImageCanvas):
     answer = t.Unicode("").tag(sync=True)
     reasoning = t.Bool(False).tag(sync=True)
     reasoning_text = t.Unicode("").tag(sync=True)
+    nav = t.Bool(False, help="session keys: Enter/PageDown next, PageUp previous, x skip (see on_nav)").tag(sync=True)
 
     def __init__(self, image: Any, skill: str, object: str | None = None, question: str | None = None,
                  initial: Mapping | None = None, *, reasoning: bool = False, request: Mapping | None = None,
@@ -84,6 +88,31 @@ class TargetEditor(ImageCanvas):
         else:
             super().__init__(image, layers=layers, mode=mode, modes=modes, has_image=True, **state)
         self._object, self._question = object, question
+        self._nav_callbacks: list[Callable[[str], Any]] = []
+        self.on_msg(self._on_front_end_msg)
+
+    def on_nav(self, fn: Callable[[str], Any]) -> Callable:
+        """Call ``fn(action)`` (``"next"``, ``"previous"`` or ``"skip"``) when a navigation key is
+        pressed in the panel (only shown when :attr:`nav` is true; a labeling session sets it)."""
+        if not callable(fn):
+            protocol.fail("on_nav", "must be given a callable", fn)
+        self._nav_callbacks.append(fn)
+        return fn
+
+    def _on_front_end_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        if not (isinstance(content, dict) and content.get("type") == "nav" and content.get("action") in NAV_ACTIONS):
+            return
+        try:
+            # The front end's latest edits (its state update may still be queued behind this message).
+            if "layers" in content and self.has_image:
+                self.layers = content["layers"]
+            for key in ("answer", "reasoning_text"):
+                if isinstance(content.get(key), str):
+                    setattr(self, key, content[key])
+            for fn in list(self._nav_callbacks):
+                fn(content["action"])
+        except Exception:
+            traceback.print_exc()  # a front-end message has no caller to raise to; the kernel log shows it
 
     @classmethod
     def from_rollout(cls, response: Mapping, i: int, image: Any = None, **kwargs: Any) -> "TargetEditor":

@@ -28,6 +28,12 @@ def test_history_frame_one_row_per_step():
     assert history_frame([]).empty and history_frame([]).index.name == "step"
 
 
+def test_a_step_the_server_did_not_apply_keeps_the_applied_figures():
+    skipped = dict(_history()[2], applied=False, reward_mean=0.0, kl=None, time=5.0)  # same step number
+    frame = history_frame(_history() + [skipped])
+    assert frame.loc[3, "reward_mean"] == pytest.approx(0.6) and frame.loc[3, "kl"] == pytest.approx(0.03)
+
+
 def test_panel_series_and_validation():
     panel = MetricsPanel(_history(), live=False)
     assert set(panel.series) == {"reward_mean", "reward_std", "kl", "grad_norm", "eval/reward"}  # router_kl/sft_loss all null

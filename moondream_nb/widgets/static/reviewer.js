@@ -33,7 +33,9 @@ function render({ model, el }) {
   };
   const toggle = (i) => { const r = model.get("rewards")[i]; setReward(i, r >= GOOD ? 0 : 1); };
   const select = (i) => { model.set("selected", i); model.save_changes(); };
-  const submit = () => { model.save_changes(); model.send({ type: "submit" }); };
+  // The rewards travel with the message: ipywidgets holds state updates back while the kernel is
+  // busy, but sends custom messages at once, so a quick Enter could otherwise overtake them.
+  const submit = () => { model.save_changes(); model.send({ type: "submit", rewards: model.get("rewards") }); };
 
   // --- image + overlay: built once; reward changes only flip classes ---------------------
   let stage = null;

@@ -11,6 +11,28 @@ function textField(model, key, label, rows) {
   return [h("label", { class: "mdnb-field" }, h("span", { text: label }), area), () => model.off(`change:${key}`, sync)];
 }
 
+// Labeling-session keys (trait nav): the kernel decides what "next" means, so the keys only send
+// a message. In a text field only Ctrl/Cmd-Enter counts (plain Enter and letters are typing).
+// Capture phase: the canvas inside isolates its keys (stopPropagation), so bubbling never gets here.
+const NAV_HINT = "Enter: save & next · PageDown: next · PageUp: previous · x: skip (Ctrl/Cmd-Enter in a text field)";
+function navKeys(model, el) {
+  el.addEventListener("keydown", (e) => {
+    const tag = e.target.tagName, typing = tag === "TEXTAREA" || tag === "INPUT", mod = e.ctrlKey || e.metaKey;
+    let action = null;
+    if (e.key === "Enter" && tag !== "BUTTON" && (!typing || mod)) action = "next";
+    else if (e.key === "PageDown") action = "next";
+    else if (e.key === "PageUp") action = "previous";
+    else if (e.key === "x" && !typing && !mod) action = "skip";
+    if (!action) return;
+    e.preventDefault();
+    // The edit state travels with the message: ipywidgets holds state updates back while the
+    // kernel is busy but sends custom messages at once, so a quick Enter could overtake the last edit.
+    model.send({ type: "nav", action, layers: model.get("layers"), answer: model.get("answer"),
+                 reasoning_text: model.get("reasoning_text") });
+  }, true);
+  return h("div", { class: "mdnb-hint mdnb-nav-hint", text: NAV_HINT });
+}
+
 function render({ model, el }) {
   const t0 = performance.now();
   el.classList.add("mdnb", "mdnb-target");
@@ -38,6 +60,7 @@ function render({ model, el }) {
       : "drag to draw a box · drag corners to resize · Del removes · Ctrl/Cmd-Z undo";
     parts.push(h("div", { class: "mdnb-hint", text: hint }));
   }
+  if (model.get("nav")) parts.push(navKeys(model, el));
   el.replaceChildren(...parts);
   if (!canvasEl) markPainted(el, t0, null); // with an image, renderCanvas marks its own paint
   return () => cleanups.forEach((f) => f && f());
