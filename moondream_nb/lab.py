@@ -56,11 +56,12 @@ def run_lab(port: int = 8888, open_browser: bool = True, directory: str | os.Pat
         try:
             return jupyter.wait()
         except KeyboardInterrupt:
-            jupyter.send_signal(signal.SIGINT)
+            # SIGTERM, not SIGINT: on a lone SIGINT JupyterLab waits for a y/n confirmation.
+            jupyter.terminate()
             try:
-                jupyter.wait(10)
+                jupyter.wait(15)
             except subprocess.TimeoutExpired:
-                jupyter.terminate()  # JupyterLab asks for confirmation on the first Ctrl-C
+                jupyter.kill()
                 jupyter.wait()
             return 0
     except KeyboardInterrupt:
