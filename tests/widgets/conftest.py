@@ -1,4 +1,5 @@
-"""Fixtures for the widget tests: a JupyterLab + headless Chromium session for browser tests."""
+"""Fixtures for the widget tests: JupyterLab (or Notebook 7) + headless Chromium sessions for
+browser tests."""
 
 from __future__ import annotations
 
@@ -23,24 +24,48 @@ def artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
-def lab(tmp_path_factory):
-    """One JupyterLab, one Chromium page, one notebook (``widgets.ipynb``) for the whole session."""
-    from .lab import CHROMIUM, CHROMIUM_ARGS, Lab, require_chromium, start_lab, write_notebook
+def chromium():
+    """One headless Chromium for the session, shared by every front end (Playwright's sync API
+    allows one running instance per thread)."""
+    from .lab import CHROMIUM, CHROMIUM_ARGS, require_chromium
 
     require_chromium()
     from playwright.sync_api import sync_playwright
 
-    root = tmp_path_factory.mktemp("lab")
-    with start_lab(root) as server:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+def _front_end(tmp_path_factory, browser, app: str):
+    """One server of front end ``app`` (see ``lab.FRONTENDS``), one Chromium page, one notebook
+    (``widgets.ipynb``) open in it with ``SETUP`` run in its kernel."""
+    from .lab import Lab, start_lab, write_notebook
+
+    root = tmp_path_factory.mktemp(app)
+    with start_lab(root, app=app) as server:
         write_notebook(server["dir"] / "widgets.ipynb", ["# moondream-nb widget tests"])
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
             lab = Lab(page, server)
             lab.open("widgets.ipynb")
             lab.kernel(SETUP)
             yield lab
-            browser.close()
+        finally:
+            page.close()
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory, chromium):
+    """One JupyterLab, one Chromium page, one notebook (``widgets.ipynb``) for the whole session."""
+    yield from _front_end(tmp_path_factory, chromium, "lab")
+
+
+@pytest.fixture(scope="module")
+def notebook7(tmp_path_factory, chromium):
+    """The same as ``lab`` in Jupyter Notebook 7 (``/notebooks/widgets.ipynb``), for one module."""
+    yield from _front_end(tmp_path_factory, chromium, "notebook")
 
 
 @pytest.fixture(scope="session")

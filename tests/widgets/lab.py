@@ -45,9 +45,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The front ends ``start_lab`` can serve: the module to run, the app class whose
+# ``expose_app_in_browser`` puts the application on ``window.jupyterapp``, and the URL prefix that
+# opens a notebook.
+FRONTENDS = {
+    "lab": ("jupyterlab", "LabApp", "lab/tree"),
+    "notebook": ("notebook", "JupyterNotebookApp", "notebooks"),  # Notebook 7 (built on JupyterLab)
+}
+
+
 @contextmanager
-def start_lab(root: Path, timeout: float = 90.0) -> Iterator[dict]:
-    """Run JupyterLab in ``root`` (notebooks in ``root/nb``); yields ``{"url", "token", "dir"}``."""
+def start_lab(root: Path, timeout: float = 90.0, app: str = "lab") -> Iterator[dict]:
+    """Run JupyterLab (``app="lab"``) or Notebook 7 (``app="notebook"``) in ``root`` (notebooks in
+    ``root/nb``); yields ``{"url", "token", "dir", "app"}``."""
+    module, app_class, _ = FRONTENDS[app]
     nb_dir, settings = root / "nb", root / "settings"
     nb_dir.mkdir(parents=True, exist_ok=True)
     for rel, value in _SETTINGS.items():
@@ -59,28 +70,28 @@ def start_lab(root: Path, timeout: float = 90.0) -> Iterator[dict]:
     repo = str(Path(__file__).resolve().parents[2])
     pythonpath = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONPATH=pythonpath, JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTERLAB_WORKSPACES_DIR=str(root / "ws"),
-               JUPYTER_RUNTIME_DIR=str(root / "runtime"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+               JUPYTER_RUNTIME_DIR=str(root / "runtime"), JUPYTER_CONFIG_DIR=str(root / "config"), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     log = open(root / "lab.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        [sys.executable, "-m", module, "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={nb_dir}",
-         "--LabApp.expose_app_in_browser=True", *(["--allow-root"] if os.geteuid() == 0 else [])],
+         f"--{app_class}.expose_app_in_browser=True", *(["--allow-root"] if os.geteuid() == 0 else [])],
         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited: {(root / 'lab.log').read_text()[-2000:]}")
+                raise RuntimeError(f"jupyter {app} exited: {(root / 'lab.log').read_text()[-2000:]}")
             try:
                 if requests.get(f"{url}/api/status", params={"token": token}, timeout=2).ok:
                     break
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"jupyter lab did not answer in {timeout:g} s: {(root / 'lab.log').read_text()[-2000:]}")
+                raise RuntimeError(f"jupyter {app} did not answer in {timeout:g} s: {(root / 'lab.log').read_text()[-2000:]}")
             time.sleep(0.25)
-        yield {"url": url, "token": token, "dir": nb_dir}
+        yield {"url": url, "token": token, "dir": nb_dir, "app": app}
     finally:
         # Shut kernels down through the API first so no kernel outlives the server.
         try:
@@ -145,7 +156,9 @@ class Lab:
     def open(self, name: str, timeout: float = 120.0) -> None:
         """Open ``name`` (under the notebook dir) and wait for its kernel to be idle."""
         s = self.server
-        self.page.goto(f"{s['url']}/lab/tree/{name}?token={s['token']}&reset", wait_until="domcontentloaded")
+        prefix = FRONTENDS[s.get("app", "lab")][2]
+        reset = "&reset" if prefix == "lab/tree" else ""  # ?reset is JupyterLab's workspace reset
+        self.page.goto(f"{s['url']}/{prefix}/{name}?token={s['token']}{reset}", wait_until="domcontentloaded")
         self.page.wait_for_function(
             "() => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
             " return !!(w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel"

@@ -53,9 +53,17 @@ function scratch(model) {
 }
 
 // Keys typed into a panel must not reach JupyterLab's command-mode shortcuts ("d d" deletes a
-// cell, digits change cell types); Lumino skips targets inside [data-lm-suppress-shortcuts].
+// cell, digits change cell types). JupyterLab sees keydown in the bubbling phase, so stopping
+// propagation at the panel is enough there; Notebook 7 sees it in the capture phase, before the
+// panel, and Lumino only skips a binding when it meets [data-lm-suppress-shortcuts] on its walk up
+// from the target *before* an element that matches the binding's selector (the command-mode
+// bindings match any `:focus` element, i.e. the focused target itself). So the attribute goes on
+// the panel and on whatever element inside it takes focus (the stage, buttons, fields).
 function isolateKeys(el) {
   el.setAttribute("data-lm-suppress-shortcuts", "true");
+  el.addEventListener("focusin", (e) => {
+    if (e.target instanceof Element) e.target.setAttribute("data-lm-suppress-shortcuts", "true");
+  });
   el.addEventListener("keydown", (e) => e.stopPropagation());
   el.addEventListener("keypress", (e) => e.stopPropagation());
 }
