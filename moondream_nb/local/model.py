@@ -5,7 +5,8 @@ Design (what made it learn on two CPU cores, see ``pretrain.py``):
 - The encoder turns a 96×96 letterboxed image into 12×12 cell features (conv stack with 2-D
   positions and the cell's mean colour, then two bidirectional transformer blocks). During
   pretraining an auxiliary head predicts, per cell, the shape, colour, centre offset and size of
-  the object centred there, so the encoder learns to localize from the first minute.
+  the object centred there, so the encoder learns to localize from the first minute, and the
+  cell's own column and row, so that position survives the encoder blocks ("which side is X on").
 - The decoder reads one token sequence (prompt bytes, special tokens, coordinate tokens) and
   cross-attends to the cells. Pointing is *selecting a cell*: the logits of the cell tokens are
   the decoder state against each cell's features (a pointer), and a cell token's input embedding
@@ -189,8 +190,9 @@ class VLM(nn.Module):
         self.head = nn.Linear(d, tk.VOCAB)
         self.ptr_q = LoRALinear(d, d)
         self.ptr_k = nn.Linear(d, d)
-        # Pretraining-only per-cell head: shape, colour, offset, width, height of the object centred there.
-        self.aux = nn.Linear(d, N_SHAPE_CLASSES + N_COLOUR_CLASSES + tk.N_OFFS + 2 * tk.SIZE_BINS)
+        # Pretraining-only per-cell head: shape, colour, offset, width, height of the object centred
+        # there, and the cell's own column and row.
+        self.aux = nn.Linear(d, N_SHAPE_CLASSES + N_COLOUR_CLASSES + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID)
         for name, mod in self.named_modules():
             if isinstance(mod, LoRALinear):
                 mod.lora_name = name

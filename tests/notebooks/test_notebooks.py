@@ -9,6 +9,7 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
+import requests
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "tests" / "artifacts" / "notebooks"
@@ -36,3 +37,29 @@ def test_notebook_runs_top_to_bottom_on_the_local_server(path, monkeypatch, tmp_
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert not re.search(r"md-local-[A-Za-z0-9_-]{8}", text)  # the local server's key never shows
+
+
+def test_quickstart_with_a_key_uses_that_endpoint_and_never_shows_the_key(monkeypatch, tmp_path):
+    """The path a Moondream Cloud user takes: ``MOONDREAM_API_KEY`` + ``MOONDREAM_ENDPOINT`` set, so
+    ``connect()`` starts nothing and every call goes to that endpoint with that key. A local server
+    with a key of our choosing stands in for the remote endpoint (Cloud itself cannot run here)."""
+    from moondream_nb.local import serve
+
+    key = "md-remote-" + "k3y" * 8
+    with serve(data_dir=tmp_path / "remote", api_key=key, threads=1) as remote:
+        monkeypatch.setenv("MOONDREAM_API_KEY", key)
+        monkeypatch.setenv("MOONDREAM_ENDPOINT", remote.inference_endpoint)
+        monkeypatch.setenv("MOONDREAM_NB_AUTO", "1")
+        monkeypatch.setenv("MOONDREAM_NB_DATA_DIR", str(tmp_path / "must-stay-empty"))
+        nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+        listing = requests.get(f"{remote.endpoint}/finetunes", headers={"X-Moondream-Auth": key}, timeout=10).json()
+        checkpoints = remote.ft(name="quickstart-star", rank=8).list_checkpoints()["checkpoints"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    text = "".join(str(o.get("text", "")) + str(o.get("data", {})) for o in outputs)
+    assert key not in text and "k3yk3y" not in text  # nor any long piece of it
+    assert not (tmp_path / "must-stay-empty").exists()  # no embedded server was started
+    # everything the notebook made is on that endpoint: its finetune and its saved checkpoint
+    assert "quickstart-star" in [f["name"] for f in listing["finetunes"]]
+    assert checkpoints and checkpoints[0]["step"] > 0

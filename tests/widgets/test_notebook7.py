@@ -98,3 +98,60 @@ def test_notebook7_reviewer_click_and_keys(notebook7, artifacts, nb7_resp):
     assert len(groups) == 1 and groups[0]["rewards"] == rewards
     assert "submitted" in panel.locator(".mdnb-status").inner_text()
     page.screenshot(path=str(artifacts / "notebook7_page.png"), full_page=True)
+
+
+def test_notebook7_target_editor_draw_and_train(notebook7, artifacts, nb7_resp):
+    nb = notebook7
+    out = nb.run_cell("te = TargetEditor(scene.image, 'detect', object=target + 's')\nte")
+    stage = out.locator(".mdnb-stage")
+    page = nb.page
+    x0, y0 = _svg_point(stage, 0.15, 0.25)
+    x1, y1 = _svg_point(stage, 0.45, 0.55)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=6)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    boxes = nb.value("te.target")["boxes"]
+    assert len(boxes) == 1
+    assert tuple(boxes[0].values()) == pytest.approx((0.15, 0.25, 0.45, 0.55), abs=0.01)
+    # Delete removes the selected box (the widget's key, not Notebook's "d d")
+    page.keyboard.press("Delete")
+    page.wait_for_timeout(300)
+    assert nb.value("te.target")["boxes"] == []
+    page.keyboard.press("Control+z")  # undo brings it back
+    page.wait_for_timeout(300)
+    assert len(nb.value("te.target")["boxes"]) == 1
+    assert nb.value("ft.train_step([te.group()])['applied']") is True
+    out.locator(".mdnb-target").screenshot(path=str(artifacts / "notebook7_target_editor.png"))
+
+
+def test_notebook7_metrics_panel_live(notebook7, artifacts, nb7_resp):
+    nb = notebook7
+    out = nb.run_cell("mp = MetricsPanel(ft, interval=0.1)\nmp")
+    nb.kernel("for k in range(3):\n    ft.train_step([te.group()])\n    ft.log_metrics(ft.step, {'eval/score': 0.2 * k})")
+    out.locator('.mdnb-chart[data-name="eval/score"]').wait_for(timeout=10_000)
+    assert out.locator('.mdnb-chart[data-name="sft_loss"]').count() == 1
+    out.locator('input[aria-label="smoothing"]').fill("0.5")
+    nb.page.wait_for_timeout(300)
+    assert nb.value("mp.smoothing") == pytest.approx(0.5)
+    assert nb.value("list(mp.frame['eval/score'].dropna())") == pytest.approx([0.0, 0.2, 0.4])
+    out.locator(".mdnb-metrics").screenshot(path=str(artifacts / "notebook7_metrics_panel.png"))
+
+
+def test_notebook7_checkpoint_browser(notebook7, artifacts, nb7_resp):
+    nb = notebook7
+    out = nb.run_cell("cb = CheckpointBrowser(ft, [scene.image], {'skill': 'detect', 'object': target + 's'}, "
+                      "ground_truth=[gt])\ncb")
+    panel = out.locator(".mdnb-checkpoints")
+    panel.locator('button[data-act="save"]').click()
+    step = nb.value("ft.step")
+    box = panel.locator(f'input[data-step="{step}"]')
+    box.wait_for(timeout=10_000)
+    box.check()
+    panel.locator('input[data-step="-1"]').check()
+    panel.locator('button[data-act="run"]').click()
+    panel.locator(f'.mdnb-cell[data-label="step {step}"]').wait_for(timeout=20_000)
+    assert nb.value("[c['label'] for c in cb.columns]") == ["base", f"step {step}"]
+    assert nb.value("cb.columns[1]['cells'][0]['score']") is not None
+    panel.screenshot(path=str(artifacts / "notebook7_checkpoint_browser.png"))
