@@ -15,10 +15,10 @@ from moondream_nb.local.pretrain import evaluate
 from moondream_nb.local.weights import BASE, read_meta
 from moondream_nb.rewards import reward
 
-# Measured on these 200 held-out scenes with the shipped weights: query 0.905, point 0.965, detect
-# 0.847 (500 other fresh scenes: 0.876 / 0.943 / 0.876). The floors sit a little under, so a
+# Measured on these 200 held-out scenes with the shipped weights: query 0.945, point 0.971, detect
+# 0.902 (500 other fresh scenes: 0.924 / 0.975 / 0.913). The floors sit a little under, so a
 # broken model, loader or sampler cannot pass.
-FLOORS = {"query_em": 0.85, "point_reward": 0.92, "detect_reward": 0.80}
+FLOORS = {"query_em": 0.91, "point_reward": 0.94, "detect_reward": 0.87}
 
 
 @pytest.fixture(scope="module")
@@ -96,20 +96,23 @@ def test_train_from_api_groups_reports_real_figures(engine):
     assert r.kl is not None and r.kl >= 0 and r.grad_norm > 0 and r.sft_loss > 0
 
 
+# "purple" is the held-out concept the base knows least (held-out detect reward 0.09 here, vs 0.45
+# for "point at the star": the base already points at the one shape it cannot name); measured after
+# 10 SFT steps 0.66, after 16 RL steps 0.60.
 def test_sft_teaches_a_held_out_concept(engine):
     held = range(7 * 10**8, 7 * 10**8 + 30)
-    before = L.evaluate(engine, L.STAR_POINT, None, held)
-    adapter, losses, _ = L.sft_run(engine, L.STAR_POINT, 10, seed=0)
-    after = L.evaluate(engine, L.STAR_POINT, adapter, held)
+    before = L.evaluate(engine, L.PURPLE_DETECT, None, held)
+    adapter, losses, _ = L.sft_run(engine, L.PURPLE_DETECT, 10, seed=0)
+    after = L.evaluate(engine, L.PURPLE_DETECT, adapter, held)
     assert losses[-1] < losses[0]
-    assert after >= before + 0.15, (before, after)
+    assert after >= before + 0.3, (before, after)
 
 
 def test_rl_teaches_a_held_out_concept(engine):
     # Judged by greedy answers on scenes no step trained on: the per-step reward_mean of 4 requests
     # is too noisy to show a 16-step rise reliably, the held-out reward is not.
     held = range(7 * 10**8, 7 * 10**8 + 30)
-    before = L.evaluate(engine, L.STAR_POINT, None, held)
-    adapter, curve = L.rl_run(engine, L.STAR_POINT, 16, seed=1)
-    after = L.evaluate(engine, L.STAR_POINT, adapter, held)
-    assert after >= before + 0.2, (before, after, curve)
+    before = L.evaluate(engine, L.PURPLE_DETECT, None, held)
+    adapter, curve = L.rl_run(engine, L.PURPLE_DETECT, 16, seed=1)
+    after = L.evaluate(engine, L.PURPLE_DETECT, adapter, held)
+    assert after >= before + 0.3, (before, after, curve)

@@ -1,6 +1,6 @@
 """Pretrain the built-in model from scratch on procedurally generated scenes.
 
-    taskset -c 0 python -m moondream_nb.local.pretrain --out moondream_nb/local/weights/base.safetensors --minutes 65 --threads 1
+    python -m moondream_nb.local.pretrain --out moondream_nb/local/weights/base.safetensors --minutes 60 --threads 2
 
 Every step renders fresh scenes (never the held-out ``star`` / ``purple``), asks several tasks
 of each (query, caption, point, detect) and trains on teacher-forced cross-entropy under the
@@ -171,7 +171,7 @@ def evaluate(model: VLM, n: int = 200, seed0: int = EVAL_SEED0, batch: int = 50)
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="safetensors file to write")
-    ap.add_argument("--minutes", type=float, default=65.0)
+    ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=32, help="scenes per step")
     ap.add_argument("--tasks", type=int, default=4, help="tasks per scene")
