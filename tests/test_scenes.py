@@ -63,3 +63,23 @@ def test_tasks_answer_correctly():
 def test_unknown_skill_is_refused():
     with pytest.raises(ValueError, match="skill"):
         sc.make_task(sc.make_scene(0), "segment", random.Random(0))
+
+
+def test_extra_pretraining_shapes_are_drawn_named_and_never_the_star():
+    shapes = sc.SHAPES + sc.EXTRA_SHAPES
+    scenes = [sc.make_scene(s, shapes=shapes, n_objects=6, size=(240, 240)) for s in range(60)]
+    drawn = {o.shape for scene in scenes for o in scene.objects}
+    assert set(sc.EXTRA_SHAPES) <= drawn and "star" not in drawn
+    cross = next(o for scene in scenes for o in scene.objects if o.shape == "cross")
+    assert 0 < cross.box[0] < cross.box[2] <= 1 and 0 < cross.box[1] < cross.box[3] <= 1
+    rng = random.Random(1)
+    scene = sc.make_scene(3, include=[("red", "cross"), ("blue", "cross")], shapes=shapes, n_objects=3)
+    request, answer = sc.make_task(scene, "point", rng, shapes=shapes, target=(None, "cross"))
+    assert request["object"] in ("cross", "crosses") and len(answer["points"]) == 2
+    # the aux targets label the extra shapes with their own classes
+    from moondream_nb.local.model import N_SHAPE_CLASSES, preprocess
+    from moondream_nb.local.pretrain import aux_targets
+
+    _, frame = preprocess(scene.image)
+    labels = set(aux_targets(scene, frame, shapes)[:, 0].tolist()) - {-100}
+    assert shapes.index("cross") in labels and max(labels) < N_SHAPE_CLASSES - 1

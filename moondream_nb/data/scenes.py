@@ -34,6 +34,9 @@ COLOURS = {
     "black": (22, 22, 22),
 }
 HELD_OUT_SHAPES = ("star",)
+# Shapes only ``pretrain --extra-shapes`` draws: more shape classes for the encoder to tell apart,
+# so its features separate a new shape (the star) better (measured: benchmarks/results/extra_shapes_12min.txt).
+EXTRA_SHAPES = ("pentagon", "cross", "trapezoid", "kite")
 HELD_OUT_COLOURS = {"purple": (150, 45, 200)}
 ALL_SHAPES = SHAPES + HELD_OUT_SHAPES
 ALL_COLOURS = {**COLOURS, **HELD_OUT_COLOURS}
@@ -102,6 +105,16 @@ def _polygon(shape: str, cx: float, cy: float, rx: float, ry: float) -> list[tup
         return ring(6, 0.0, (1.0,))
     if shape == "star":
         return ring(5, -math.pi / 2, (1.0, 0.42))
+    if shape == "pentagon":
+        return ring(5, -math.pi / 2, (1.0,))
+    if shape == "cross":
+        a = 0.36
+        return [(cx + rx * u, cy + ry * v) for u, v in ((-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1),
+                                                         (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a))]
+    if shape == "trapezoid":
+        return [(cx - rx * 0.5, cy - ry * 0.7), (cx + rx * 0.5, cy - ry * 0.7), (cx + rx, cy + ry * 0.7), (cx - rx, cy + ry * 0.7)]
+    if shape == "kite":
+        return [(cx, cy - ry), (cx + rx * 0.7, cy - ry * 0.3), (cx, cy + ry), (cx - rx * 0.7, cy - ry * 0.3)]
     return None  # circle
 
 
@@ -205,7 +218,7 @@ def make_scene(
 
 
 def plural(shape: str) -> str:
-    return shape + "es" if shape.endswith("x") else shape + "s"
+    return shape + "es" if shape.endswith(("x", "s")) else shape + "s"
 
 
 def _article(word: str) -> str:

@@ -27,7 +27,7 @@ from torch import nn
 
 from . import tokenizer as tk
 
-N_SHAPE_CLASSES = 6  # pretraining shapes + "none"
+N_SHAPE_CLASSES = 10  # every shape pretraining may draw (5, or 9 with --extra-shapes) + "none"
 N_COLOUR_CLASSES = 8  # pretraining colours + "none"
 
 

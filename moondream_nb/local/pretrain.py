@@ -47,7 +47,7 @@ def example_tokens(frame: tk.Frame, request: dict[str, Any], answer: dict[str, A
     return seq[:-1], targets, st
 
 
-def aux_targets(scene: sc.Scene, frame: tk.Frame) -> torch.Tensor:
+def aux_targets(scene: sc.Scene, frame: tk.Frame, shapes: tuple[str, ...] = sc.SHAPES) -> torch.Tensor:
     """Per cell: [shape, colour, centre, offset, width bin, height bin] (-100: no label).
 
     Shape and colour label every cell whose centre lies in the inner half of an object's box
@@ -62,7 +62,7 @@ def aux_targets(scene: sc.Scene, frame: tk.Frame) -> torch.Tensor:
         inside_x = (grid - (u0 + u1) / 2).abs() <= (u1 - u0) / 4
         inside_y = (grid - (v0 + v1) / 2).abs() <= (v1 - v0) / 4
         cells = (inside_y[:, None] & inside_x[None, :]).flatten()
-        label = torch.tensor([sc.SHAPES.index(o.shape), list(sc.COLOURS).index(o.colour)])
+        label = torch.tensor([shapes.index(o.shape), list(sc.COLOURS).index(o.colour)])
         t[cells, :2] = label
         toks = tk.box_tokens(frame, o.box_dict)
         c = toks[0] - tk.CELL0
@@ -71,17 +71,18 @@ def aux_targets(scene: sc.Scene, frame: tk.Frame) -> torch.Tensor:
     return t
 
 
-def make_batch(rng: random.Random, n_images: int, tasks: int, max_objects: int, chunk: int = 32) -> dict[str, Any]:
+def make_batch(rng: random.Random, n_images: int, tasks: int, max_objects: int, chunk: int = 32,
+               shapes: tuple[str, ...] = sc.SHAPES) -> dict[str, Any]:
     images, auxes, seqs, index = [], [], [], []
     skills, weights = zip(*SKILL_MIX)
     for i in range(n_images):
-        scene = sc.make_scene(rng.getrandbits(62), max_objects=max_objects)
+        scene = sc.make_scene(rng.getrandbits(62), max_objects=max_objects, shapes=shapes)
         x, frame = preprocess(scene.image)
         images.append(x)
-        auxes.append(aux_targets(scene, frame))
+        auxes.append(aux_targets(scene, frame, shapes))
         for _ in range(tasks):
             skill = rng.choices(skills, weights)[0]
-            request, answer = sc.make_task(scene, skill, rng)
+            request, answer = sc.make_task(scene, skill, rng, shapes=shapes)
             reasoning = skill == "query" and rng.random() < 0.15
             seqs.append(example_tokens(frame, request, answer, reasoning))
             index.append(i)
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="train the encoder alone on the per-cell loss first (≈3× faster steps)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--init", default=None, help="continue from these weights")
+    ap.add_argument("--extra-shapes", action="store_true",
+                    help=f"also draw {', '.join(sc.EXTRA_SHAPES)} (never the held-out star)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -197,6 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     next_eval = args.eval_every * 60
     step, joint_steps, ema = 0, 0, None
+    shapes = sc.SHAPES + (sc.EXTRA_SHAPES if args.extra_shapes else ())
     log = Path(args.out).with_suffix(".log.jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -212,11 +216,11 @@ def main(argv: list[str] | None = None) -> None:
         max_objects = min(6, 2 + int(4 * progress / 0.25))  # curriculum: few objects first
         if warm:
             # Encoder first: the decoder can only bind words to objects once cells know their shape.
-            b = make_batch(rng, args.images, 0, 6)
+            b = make_batch(rng, args.images, 0, 6, shapes=shapes)
             lm = torch.zeros(())
             la = aux_loss(model, model.encoder(b["images"], None), b["aux"])
         else:
-            b = make_batch(rng, args.images, args.tasks, max_objects)
+            b = make_batch(rng, args.images, args.tasks, max_objects, shapes=shapes)
             memory = model.encode(b["images"])
             # Token-weighted mean over chunks = the mean over every answer token of the step.
             n_tok = sum(int((c["targets"] != -100).sum()) for c in b["chunks"])
