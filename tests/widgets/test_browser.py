@@ -15,6 +15,51 @@ def _svg_point(stage, nx: float, ny: float) -> tuple[float, float]:
     return box["x"] + nx * box["width"], box["y"] + ny * box["height"]
 
 
+def _drag_on_image(page, stage, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """A real mouse drag between two normalized image points."""
+    x0, y0 = _svg_point(stage, *start)
+    x1, y1 = _svg_point(stage, *end)
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=6)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+
+
+def drive_metrics_panel(fe, artifacts, smoothing: float, shot: str) -> None:
+    """In front end ``fe`` (JupyterLab or Notebook 7): a live MetricsPanel grows charts as steps and
+    metrics arrive, and its smoothing control reaches the kernel. Needs ``ft`` and ``te`` there."""
+    out = fe.run_cell("mp = MetricsPanel(ft, interval=0.1)\nmp")
+    fe.kernel("for k in range(3):\n    ft.train_step([te.group()])\n    ft.log_metrics(ft.step, {'eval/score': 0.2 * k})")
+    out.locator('.mdnb-chart[data-name="eval/score"]').wait_for(timeout=10_000)  # via the live poller, no re-display
+    assert out.locator('.mdnb-chart[data-name="sft_loss"]').count() == 1
+    out.locator('input[aria-label="smoothing"]').fill(str(smoothing))
+    fe.page.wait_for_timeout(300)
+    assert fe.value("mp.smoothing") == pytest.approx(smoothing)
+    assert fe.value("list(mp.frame['eval/score'].dropna())") == pytest.approx([0.0, 0.2, 0.4])
+    out.locator(".mdnb-metrics").screenshot(path=str(artifacts / shot))
+
+
+def drive_checkpoint_browser(fe, artifacts, shot: str):
+    """In front end ``fe``: save a checkpoint from the panel, run it and the base side by side, with
+    scores. Needs ``ft``, ``scene``, ``target``, ``gt`` in the kernel; returns (panel, saved step)."""
+    out = fe.run_cell("cb = CheckpointBrowser(ft, [scene.image], {'skill': 'detect', 'object': target + 's'}, "
+                      "ground_truth=[gt])\ncb")
+    panel = out.locator(".mdnb-checkpoints")
+    panel.locator('button[data-act="save"]').click()
+    step = fe.value("ft.step")
+    box = panel.locator(f'input[data-step="{step}"]')
+    box.wait_for(timeout=10_000)
+    box.check()
+    panel.locator('input[data-step="-1"]').check()
+    panel.locator('button[data-act="run"]').click()
+    panel.locator(f'.mdnb-cell[data-label="step {step}"]').wait_for(timeout=20_000)
+    assert fe.value("[c['label'] for c in cb.columns]") == ["base", f"step {step}"]
+    assert fe.value("cb.columns[1]['cells'][0]['score']") is not None
+    panel.screenshot(path=str(artifacts / shot))
+    return panel, step
+
+
 def test_canvas_click_drag_keys_roundtrip(lab, artifacts):
     out = lab.run_cell("canvas = ImageCanvas(scene.image, layers=[{'x': 0.1, 'y': 0.1}], mode='point')\ncanvas")
     page = lab.page
@@ -195,13 +240,7 @@ def test_target_editor_draw_and_type(lab, artifacts, kernel_server):
     out = lab.run_cell("te = TargetEditor(scene.image, 'detect', object=target + 's')\nte")
     stage = out.locator(".mdnb-stage")
     page = lab.page
-    x0, y0 = _svg_point(stage, 0.1, 0.2)
-    x1, y1 = _svg_point(stage, 0.4, 0.5)
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move(x1, y1, steps=6)
-    page.mouse.up()
-    page.wait_for_timeout(300)
+    _drag_on_image(page, stage, (0.1, 0.2), (0.4, 0.5))
     boxes = lab.value("te.target")["boxes"]
     assert len(boxes) == 1
     assert tuple(boxes[0].values()) == pytest.approx((0.1, 0.2, 0.4, 0.5), abs=0.01)
@@ -218,33 +257,11 @@ def test_target_editor_draw_and_type(lab, artifacts, kernel_server):
 
 
 def test_metrics_panel_live(lab, artifacts, kernel_server):
-    out = lab.run_cell("mp = MetricsPanel(ft, interval=0.1)\nmp")
-    lab.kernel("for k in range(3):\n    ft.train_step([te.group()])\n    ft.log_metrics(ft.step, {'eval/score': 0.2 * k})")
-    chart = out.locator('.mdnb-chart[data-name="eval/score"]')
-    chart.wait_for(timeout=10_000)  # arrived through the live poller, no re-display
-    assert out.locator('.mdnb-chart[data-name="sft_loss"]').count() == 1
-    out.locator('input[aria-label="smoothing"]').fill("0.9")
-    lab.page.wait_for_timeout(300)
-    assert lab.value("mp.smoothing") == pytest.approx(0.9)
-    assert lab.value("list(mp.frame['eval/score'].dropna())") == pytest.approx([0.0, 0.2, 0.4])
-    out.locator(".mdnb-metrics").screenshot(path=str(artifacts / "metrics_panel.png"))
+    drive_metrics_panel(lab, artifacts, 0.9, "metrics_panel.png")
 
 
 def test_checkpoint_browser(lab, artifacts, kernel_server):
-    out = lab.run_cell("cb = CheckpointBrowser(ft, [scene.image], {'skill': 'detect', 'object': target + 's'}, "
-                       "ground_truth=[gt])\ncb")
-    panel = out.locator(".mdnb-checkpoints")
-    panel.locator('button[data-act="save"]').click()
-    step = lab.value("ft.step")
-    box = panel.locator(f'input[data-step="{step}"]')
-    box.wait_for(timeout=10_000)
-    box.check()
-    panel.locator('input[data-step="-1"]').check()
-    panel.locator('button[data-act="run"]').click()
-    panel.locator(f'.mdnb-cell[data-label="step {step}"]').wait_for(timeout=20_000)
-    assert lab.value("[c['label'] for c in cb.columns]") == ["base", f"step {step}"]
-    assert lab.value("cb.columns[1]['cells'][0]['score']") is not None
-    panel.screenshot(path=str(artifacts / "checkpoint_browser.png"))
+    panel, step = drive_checkpoint_browser(lab, artifacts, "checkpoint_browser.png")
     lab.page.once("dialog", lambda d: d.accept())
     panel.locator(f'button[data-act="delete"][data-step="{step}"]').click()
     panel.locator(f'input[data-step="{step}"]').wait_for(state="detached", timeout=10_000)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_browser import _svg_point
+from .test_browser import _drag_on_image, _svg_point, drive_checkpoint_browser, drive_metrics_panel
 
 
 def test_notebook7_front_end(notebook7):
@@ -34,13 +34,7 @@ def test_notebook7_canvas_click(notebook7, artifacts):
     # a key reaches the widget too (not Notebook's shortcuts): box mode, then a drag draws a box
     n_cells = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.model.cells.length")
     page.keyboard.press("b")
-    x0, y0 = _svg_point(stage, 0.2, 0.4)
-    x1, y1 = _svg_point(stage, 0.6, 0.8)
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move(x1, y1, steps=6)
-    page.mouse.up()
-    page.wait_for_timeout(300)
+    _drag_on_image(page, stage, (0.2, 0.4), (0.6, 0.8))
     assert nb.value("canvas.mode") == "box"
     # ... and Notebook 7's command-mode "b" (insert cell below) did not also fire
     assert page.evaluate("() => window.jupyterapp.shell.currentWidget.content.model.cells.length") == n_cells
@@ -105,13 +99,7 @@ def test_notebook7_target_editor_draw_and_train(notebook7, artifacts, nb7_resp):
     out = nb.run_cell("te = TargetEditor(scene.image, 'detect', object=target + 's')\nte")
     stage = out.locator(".mdnb-stage")
     page = nb.page
-    x0, y0 = _svg_point(stage, 0.15, 0.25)
-    x1, y1 = _svg_point(stage, 0.45, 0.55)
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move(x1, y1, steps=6)
-    page.mouse.up()
-    page.wait_for_timeout(300)
+    _drag_on_image(page, stage, (0.15, 0.25), (0.45, 0.55))
     boxes = nb.value("te.target")["boxes"]
     assert len(boxes) == 1
     assert tuple(boxes[0].values()) == pytest.approx((0.15, 0.25, 0.45, 0.55), abs=0.01)
@@ -127,31 +115,8 @@ def test_notebook7_target_editor_draw_and_train(notebook7, artifacts, nb7_resp):
 
 
 def test_notebook7_metrics_panel_live(notebook7, artifacts, nb7_resp):
-    nb = notebook7
-    out = nb.run_cell("mp = MetricsPanel(ft, interval=0.1)\nmp")
-    nb.kernel("for k in range(3):\n    ft.train_step([te.group()])\n    ft.log_metrics(ft.step, {'eval/score': 0.2 * k})")
-    out.locator('.mdnb-chart[data-name="eval/score"]').wait_for(timeout=10_000)
-    assert out.locator('.mdnb-chart[data-name="sft_loss"]').count() == 1
-    out.locator('input[aria-label="smoothing"]').fill("0.5")
-    nb.page.wait_for_timeout(300)
-    assert nb.value("mp.smoothing") == pytest.approx(0.5)
-    assert nb.value("list(mp.frame['eval/score'].dropna())") == pytest.approx([0.0, 0.2, 0.4])
-    out.locator(".mdnb-metrics").screenshot(path=str(artifacts / "notebook7_metrics_panel.png"))
+    drive_metrics_panel(notebook7, artifacts, 0.5, "notebook7_metrics_panel.png")
 
 
 def test_notebook7_checkpoint_browser(notebook7, artifacts, nb7_resp):
-    nb = notebook7
-    out = nb.run_cell("cb = CheckpointBrowser(ft, [scene.image], {'skill': 'detect', 'object': target + 's'}, "
-                      "ground_truth=[gt])\ncb")
-    panel = out.locator(".mdnb-checkpoints")
-    panel.locator('button[data-act="save"]').click()
-    step = nb.value("ft.step")
-    box = panel.locator(f'input[data-step="{step}"]')
-    box.wait_for(timeout=10_000)
-    box.check()
-    panel.locator('input[data-step="-1"]').check()
-    panel.locator('button[data-act="run"]').click()
-    panel.locator(f'.mdnb-cell[data-label="step {step}"]').wait_for(timeout=20_000)
-    assert nb.value("[c['label'] for c in cb.columns]") == ["base", f"step {step}"]
-    assert nb.value("cb.columns[1]['cells'][0]['score']") is not None
-    panel.screenshot(path=str(artifacts / "notebook7_checkpoint_browser.png"))
+    drive_checkpoint_browser(notebook7, artifacts, "notebook7_checkpoint_browser.png")
