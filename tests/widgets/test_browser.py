@@ -26,6 +26,17 @@ def _drag_on_image(page, stage, start: tuple[float, float], end: tuple[float, fl
     page.wait_for_timeout(300)
 
 
+def draw_target_box(fe, start: tuple[float, float], end: tuple[float, float]):
+    """In front end ``fe``: a detect TargetEditor, one box dragged on it, ``.target`` checked in the
+    kernel. Returns the cell output."""
+    out = fe.run_cell("te = TargetEditor(scene.image, 'detect', object=target + 's')\nte")
+    _drag_on_image(fe.page, out.locator(".mdnb-stage"), start, end)
+    boxes = fe.value("te.target")["boxes"]
+    assert len(boxes) == 1
+    assert tuple(boxes[0].values()) == pytest.approx((*start, *end), abs=0.01)
+    return out
+
+
 def drive_metrics_panel(fe, artifacts, smoothing: float, shot: str) -> None:
     """In front end ``fe`` (JupyterLab or Notebook 7): a live MetricsPanel grows charts as steps and
     metrics arrive, and its smoothing control reaches the kernel. Needs ``ft`` and ``te`` there."""
@@ -237,13 +248,8 @@ def test_reviewer_rank_by_drag(lab, artifacts, kernel_server):
 
 
 def test_target_editor_draw_and_type(lab, artifacts, kernel_server):
-    out = lab.run_cell("te = TargetEditor(scene.image, 'detect', object=target + 's')\nte")
-    stage = out.locator(".mdnb-stage")
+    out = draw_target_box(lab, (0.1, 0.2), (0.4, 0.5))
     page = lab.page
-    _drag_on_image(page, stage, (0.1, 0.2), (0.4, 0.5))
-    boxes = lab.value("te.target")["boxes"]
-    assert len(boxes) == 1
-    assert tuple(boxes[0].values()) == pytest.approx((0.1, 0.2, 0.4, 0.5), abs=0.01)
     assert lab.value("ft.train_step([te.group()])['applied']") is True
     out.locator(".mdnb-target").screenshot(path=str(artifacts / "target_editor_detect.png"))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from .test_browser import _drag_on_image, _svg_point, drive_checkpoint_browser, drive_metrics_panel
+from .test_browser import _drag_on_image, _svg_point, draw_target_box, drive_checkpoint_browser, drive_metrics_panel
 
 
 def test_notebook7_front_end(notebook7):
@@ -96,13 +96,8 @@ def test_notebook7_reviewer_click_and_keys(notebook7, artifacts, nb7_resp):
 
 def test_notebook7_target_editor_draw_and_train(notebook7, artifacts, nb7_resp):
     nb = notebook7
-    out = nb.run_cell("te = TargetEditor(scene.image, 'detect', object=target + 's')\nte")
-    stage = out.locator(".mdnb-stage")
+    out = draw_target_box(nb, (0.15, 0.25), (0.45, 0.55))
     page = nb.page
-    _drag_on_image(page, stage, (0.15, 0.25), (0.45, 0.55))
-    boxes = nb.value("te.target")["boxes"]
-    assert len(boxes) == 1
-    assert tuple(boxes[0].values()) == pytest.approx((0.15, 0.25, 0.45, 0.55), abs=0.01)
     # Delete removes the selected box (the widget's key, not Notebook's "d d")
     page.keyboard.press("Delete")
     page.wait_for_timeout(300)
