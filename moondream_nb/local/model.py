@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data import scenes as sc
 from . import tokenizer as tk
 
-N_SHAPE_CLASSES = 10  # every shape pretraining may draw (5, or 9 with --extra-shapes) + "none"
-N_COLOUR_CLASSES = 8  # pretraining colours + "none"
+N_SHAPE_CLASSES = len(sc.SHAPES + sc.EXTRA_SHAPES) + 1  # every shape pretraining may draw + "none"
+N_COLOUR_CLASSES = len(sc.COLOURS) + 1  # pretraining colours + "none"
 
 
 @dataclass(frozen=True)
