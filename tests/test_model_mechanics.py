@@ -9,7 +9,8 @@ from moondream_nb.data import scenes as sc
 from moondream_nb.local import tokenizer as tk
 from moondream_nb.local.model import VLM, Adapter, Config, preprocess
 from moondream_nb.local.sampler import Row, generate
-from moondream_nb.local.train import Example, RLGroup, load_state_tensors, make_optimizer, state_tensors, train_step
+from moondream_nb.local.train import (ANCHORS_PER_IMAGE, Example, RLGroup, anchors, load_state_tensors, make_optimizer,
+                                      retention_kl, state_tensors, train_step)
 from moondream_nb.rewards import detect_reward, point_reward
 
 SMALL = Config(d=64, heads=2, enc_layers=1, dec_layers=2)
@@ -144,3 +145,28 @@ def test_sft_lowers_loss_and_state_round_trips(model, scene):
     assert r1.sft_loss == pytest.approx(r2.sft_loss, rel=1e-5)
     for name in adapter.params:
         assert torch.allclose(adapter.params[name][1], clone.params[name][1], atol=1e-6)
+
+
+def test_retention_anchors_ask_about_known_concepts_the_step_does_not(model, scene):
+    images, frame, req, good, _ = _examples(scene)
+    asked = [Example(0, frame, {"skill": "detect", "object": "red squares"}, {"objects": []}),
+             Example(0, frame, req, good)]  # point at the circle
+    with torch.no_grad():
+        base = model.encode(images, None)
+    got = anchors(model, base, asked)
+    assert len(got) == ANCHORS_PER_IMAGE  # per distinct image
+    for a in got:
+        words = set(a.request["object"].split())
+        assert a.request["skill"] in ("point", "detect")
+        assert not words & {"red", "square", "squares", "circle", "circles"}, a.request
+        assert words & (set(sc.SHAPES) | {sc.plural(s) for s in sc.SHAPES} | set(sc.COLOURS))
+    assert [a.request for a in anchors(model, base, asked)] == [a.request for a in got]  # a replay trains the same
+    # Anchors are the base's own answers: a fresh adapter is at zero retention KL, a trained one is not.
+    adapter = Adapter(model, 8)
+    fresh = retention_kl(model, adapter, images, got, model.encode(images, adapter), base)
+    assert fresh.item() == pytest.approx(0.0, abs=1e-6)
+    opt = make_optimizer(adapter)
+    steps = [train_step(model, adapter, opt, images, [], [Example(0, frame, req, good)], lr=1e-2) for _ in range(3)]
+    assert steps[0].extra["retain_kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1].extra["retain_kl"] > 0
+    off = train_step(model, adapter, opt, images, [], [Example(0, frame, req, good)], lr=1e-2, retain_coef=0.0)
+    assert "retain_kl" not in off.extra

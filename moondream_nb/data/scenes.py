@@ -34,8 +34,9 @@ COLOURS = {
     "black": (22, 22, 22),
 }
 HELD_OUT_SHAPES = ("star",)
-# Shapes only ``pretrain --extra-shapes`` draws: more shape classes for the encoder to tell apart,
-# so its features separate a new shape (the star) better (measured: benchmarks/results/extra_shapes_12min.txt).
+# Shapes pretraining also draws (unless ``--basic-shapes``): more shape classes for the encoder to
+# tell apart, so its features separate a new shape (the star) better. Measured in
+# benchmarks/results/extra_shapes_12min.txt and, on the shipped weights, star_probe.txt.
 EXTRA_SHAPES = ("pentagon", "cross", "trapezoid", "kite")
 HELD_OUT_COLOURS = {"purple": (150, 45, 200)}
 ALL_SHAPES = SHAPES + HELD_OUT_SHAPES

@@ -9,15 +9,22 @@ metadata cannot corrupt a step.
 from __future__ import annotations
 
 import math
+import random
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
+from ..data import scenes as sc
 from . import tokenizer as tk
-from .model import VLM, Adapter
+from .model import VLM, Adapter, Memory
+from .sampler import Row, generate
 
 KL_COEF = 0.05
+RETAIN_COEF = 1.0
+ANCHORS_PER_IMAGE = 2
+ANCHORS_PER_STEP = 8  # a cap: an anchor's forward and backward cost as much as an SFT example's
 CLIP_NORM = 1.0
 
 
@@ -73,13 +80,72 @@ def _batch(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
     return {"tokens": tokens, "targets": targets, "states": states, "index": torch.tensor([ex.image for ex in examples])}
 
 
-def token_logprobs(model: VLM, adapter: Adapter | None, images: torch.Tensor, b: dict[str, torch.Tensor]) -> torch.Tensor:
+def token_logprobs(model: VLM, adapter: Adapter | None, images: torch.Tensor, b: dict[str, torch.Tensor],
+                   memory: Memory | None = None) -> torch.Tensor:
     """Log-probability of each target token under the grammar masks ``[N, T]`` (0 off-answer)."""
-    logits = model(images, b["tokens"], b["index"], adapter) + model.state_masks[b["states"]]
-    logp = torch.log_softmax(logits, -1)
+    logp = _masked_logp(model, adapter, images, b, memory)
     tgt = b["targets"].clamp_min(0)
     out = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     return out * (b["targets"] != -100)
+
+
+def _masked_logp(model: VLM, adapter: Adapter | None, images: torch.Tensor, b: dict[str, torch.Tensor],
+                 memory: Memory | None) -> torch.Tensor:
+    logits = model(images, b["tokens"], b["index"], adapter, memory=memory) + model.state_masks[b["states"]]
+    return torch.log_softmax(logits, -1)
+
+
+def anchors(model: VLM, base: Memory, examples: Sequence[Example]) -> list[Example]:
+    """Known-concept point/detect requests on the step's images, answered greedily by the base.
+
+    Learning without Forgetting (Li & Hoiem, 2016): the train step also keeps the adapter's answers
+    to these close to the base's, on the very images it trains on, because a new concept otherwise
+    leaks into what the base already knew (after RL on "star", "point at the circles" stopped after
+    one circle). A shape or colour the step itself asks about is never an anchor, so a finetune can
+    still change how a known concept is answered.
+    """
+    frames: dict[int, tk.Frame] = {}
+    asked = set()
+    for ex in examples:
+        frames.setdefault(ex.image, ex.frame)
+        asked.update(str(ex.request.get("object") or ex.request.get("question") or "").lower().split())
+    shapes = [s for s in sc.SHAPES if s not in asked and sc.plural(s) not in asked]
+    colours = [c for c in sc.COLOURS if c not in asked]
+    if not shapes or not colours:
+        return []
+    # Seeded by the step's content: a replayed step trains on the same anchors.
+    rng = random.Random(zlib.crc32(repr(sorted((k, f) for k, f in frames.items())).encode()
+                                   + repr([ex.request.get("object") for ex in examples]).encode()))
+    requests: list[tuple[int, tk.Frame, dict[str, Any]]] = []
+    ordered = sorted(frames.items(), key=lambda kv: kv[0])
+    pairs = [ik for _ in range(ANCHORS_PER_IMAGE) for ik in ordered]  # every image once before any twice
+    for image, frame in pairs[:ANCHORS_PER_STEP]:
+        kind = rng.random()
+        colour = rng.choice(colours) if kind >= 0.4 else None
+        shape = rng.choice(shapes) if kind < 0.75 else None
+        if colour is None and shape is None:
+            shape = rng.choice(shapes)
+        skill = rng.choice(("point", "detect"))
+        requests.append((image, frame, {"skill": skill, "object": sc.object_prompt(rng, colour, shape)}))
+    rows = [Row(image, tk.prompt_tokens(frame, req), req["skill"], temperature=0.0, max_objects=8)
+            for image, frame, req in requests]
+    out = []
+    for (image, frame, req), sample in zip(requests, generate(model, base, rows)):
+        output = tk.decode(frame, req["skill"], sample.tokens)
+        out.append(Example(image, frame, req, {k: v for k, v in output.items() if k in ("points", "objects")}))
+    return out
+
+
+def retention_kl(model: VLM, adapter: Adapter, images: torch.Tensor, anchor: Sequence[Example],
+                 memory: Memory, base: Memory) -> torch.Tensor:
+    """Mean KL(base ‖ adapter) of the next-token distributions over the anchors' answer tokens."""
+    b = _batch(anchor)
+    logp = _masked_logp(model, adapter, images, b, memory)
+    with torch.no_grad():
+        ref = _masked_logp(model, None, images, b, base)
+    on = (b["targets"] != -100).float()
+    kl = (ref.exp() * (ref - logp)).sum(-1)
+    return (kl * on).sum() / on.sum().clamp_min(1)
 
 
 def advantages(rewards: Sequence[float]) -> list[float] | None:
@@ -92,11 +158,14 @@ def advantages(rewards: Sequence[float]) -> list[float] | None:
 
 
 def train_step(model: VLM, adapter: Adapter, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               rl: Sequence[RLGroup], sft: Sequence[Example], lr: float, kl_coef: float = KL_COEF) -> StepResult:
+               rl: Sequence[RLGroup], sft: Sequence[Example], lr: float, kl_coef: float = KL_COEF,
+               retain_coef: float = RETAIN_COEF) -> StepResult:
     """Apply one optimizer step to ``adapter``; ``images`` are the preprocessed images examples index.
 
-    Returns the real figures of the step; ``applied`` is False (and nothing changes) when no RL
-    group has a reward spread and there is no SFT example.
+    The loss is GRPO with a KL penalty to the base on the RL groups, cross-entropy on the SFT
+    targets, and ``retain_coef`` × :func:`retention_kl` on :func:`anchors` of the same images.
+    Returns the real figures of the step (``extra["retain_kl"]``); ``applied`` is False (and
+    nothing changes) when no RL group has a reward spread and there is no SFT example.
     """
     all_rewards = [r for g in rl for r in g.rewards]
     reward_mean = sum(all_rewards) / len(all_rewards) if all_rewards else None
@@ -115,13 +184,17 @@ def train_step(model: VLM, adapter: Adapter, optimizer: torch.optim.Optimizer, i
     optimizer.zero_grad(set_to_none=True)
     loss = torch.zeros(())
     kl_value = sft_value = None
+    extra: dict[str, float] = {}
+    memory = model.encode(images, adapter)
+    with torch.no_grad():
+        base = model.encode(images, None)
     if weighted:
         b = _batch([ex for ex, _ in weighted])
         mask = (b["targets"] != -100).float()
         n_tok = mask.sum(1).clamp_min(1)
-        logp = token_logprobs(model, adapter, images, b)
+        logp = token_logprobs(model, adapter, images, b, memory)
         with torch.no_grad():
-            ref = token_logprobs(model, None, images, b)
+            ref = token_logprobs(model, None, images, b, base)
         adv = torch.tensor([a for _, a in weighted])
         pg = -(adv * (logp.sum(1) / n_tok)).mean()
         # k3 estimator of KL(policy || base) on the sampled tokens: unbiased and never negative.
@@ -132,10 +205,16 @@ def train_step(model: VLM, adapter: Adapter, optimizer: torch.optim.Optimizer, i
         kl_value = kl.item()
     if sft:
         b = _batch(sft)
-        logp = token_logprobs(model, adapter, images, b)
+        logp = token_logprobs(model, adapter, images, b, memory)
         ce = -logp.sum() / (b["targets"] != -100).sum().clamp_min(1)
         loss = loss + ce
         sft_value = ce.item()
+    if retain_coef > 0:
+        anchor = anchors(model, base, [ex for ex, _ in weighted] + list(sft))
+        if anchor:
+            retain = retention_kl(model, adapter, images, anchor, memory, base)
+            loss = loss + retain_coef * retain
+            extra["retain_kl"] = retain.item()
     loss.backward()
     grad_norm = float(torch.nn.utils.clip_grad_norm_(adapter.parameters(), CLIP_NORM))
     if not math.isfinite(grad_norm):
@@ -143,7 +222,7 @@ def train_step(model: VLM, adapter: Adapter, optimizer: torch.optim.Optimizer, i
         raise FloatingPointError("train step produced a non-finite gradient; the adapter was not changed")
     optimizer.step()
     return StepResult(True, kl=kl_value, grad_norm=grad_norm, reward_mean=reward_mean, reward_std=reward_std,
-                      sft_loss=sft_value)
+                      sft_loss=sft_value, extra=extra)
 
 
 def make_optimizer(adapter: Adapter, lr: float = 2e-4) -> torch.optim.Optimizer:
