@@ -186,8 +186,10 @@ def train_step(model: VLM, adapter: Adapter, optimizer: torch.optim.Optimizer, i
     kl_value = sft_value = None
     extra: dict[str, float] = {}
     memory = model.encode(images, adapter)
-    with torch.no_grad():
-        base = model.encode(images, None)
+    base = None
+    if weighted or retain_coef > 0:  # the base's view: the RL reference and the anchors' answers
+        with torch.no_grad():
+            base = model.encode(images, None)
     if weighted:
         b = _batch([ex for ex, _ in weighted])
         mask = (b["targets"] != -100).float()
@@ -209,7 +211,7 @@ def train_step(model: VLM, adapter: Adapter, optimizer: torch.optim.Optimizer, i
         ce = -logp.sum() / (b["targets"] != -100).sum().clamp_min(1)
         loss = loss + ce
         sft_value = ce.item()
-    if retain_coef > 0:
+    if base is not None and retain_coef > 0:
         anchor = anchors(model, base, [ex for ex, _ in weighted] + list(sft))
         if anchor:
             retain = retention_kl(model, adapter, images, anchor, memory, base)
