@@ -66,7 +66,7 @@ def test_unknown_skill_is_refused():
 
 
 def test_extra_pretraining_shapes_are_drawn_named_and_never_the_star():
-    shapes = sc.SHAPES + sc.EXTRA_SHAPES
+    shapes = sc.PRETRAINING_SHAPES
     scenes = [sc.make_scene(s, shapes=shapes, n_objects=6, size=(240, 240)) for s in range(60)]
     drawn = {o.shape for scene in scenes for o in scene.objects}
     assert set(sc.EXTRA_SHAPES) <= drawn and "star" not in drawn

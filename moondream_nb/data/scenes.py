@@ -38,6 +38,7 @@ HELD_OUT_SHAPES = ("star",)
 # tell apart, so its features separate a new shape (the star) better. Measured in
 # benchmarks/results/extra_shapes_12min.txt and, on the shipped weights, star_probe.txt.
 EXTRA_SHAPES = ("pentagon", "cross", "trapezoid", "kite")
+PRETRAINING_SHAPES = SHAPES + EXTRA_SHAPES
 HELD_OUT_COLOURS = {"purple": (150, 45, 200)}
 ALL_SHAPES = SHAPES + HELD_OUT_SHAPES
 ALL_COLOURS = {**COLOURS, **HELD_OUT_COLOURS}

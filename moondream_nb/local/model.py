@@ -28,7 +28,7 @@ from torch import nn
 from ..data import scenes as sc
 from . import tokenizer as tk
 
-N_SHAPE_CLASSES = len(sc.SHAPES + sc.EXTRA_SHAPES) + 1  # every shape pretraining may draw + "none"
+N_SHAPE_CLASSES = len(sc.PRETRAINING_SHAPES) + 1  # every shape pretraining may draw + "none"
 N_COLOUR_CLASSES = len(sc.COLOURS) + 1  # pretraining colours + "none"
 
 

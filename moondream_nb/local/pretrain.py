@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     next_eval = args.eval_every * 60
     step, joint_steps, ema = 0, 0, None
-    shapes = sc.SHAPES + (() if args.basic_shapes else sc.EXTRA_SHAPES)
+    shapes = sc.SHAPES if args.basic_shapes else sc.PRETRAINING_SHAPES
     log = Path(args.out).with_suffix(".log.jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
     while True:
