@@ -83,3 +83,28 @@ def test_extra_pretraining_shapes_are_drawn_named_and_never_the_star():
     _, frame = preprocess(scene.image)
     labels = set(aux_targets(scene, frame, shapes)[:, 0].tolist()) - {-100}
     assert shapes.index("cross") in labels and max(labels) < N_SHAPE_CLASSES - 1
+
+
+def test_pretraining_asks_for_several_matching_objects_often():
+    # Random scenes rarely hold two things of one colour or shape; the base then learned to stop
+    # after the first box. Pretraining repeats colours/shapes and asks for repeated ones.
+    from moondream_nb.local.pretrain import repeated_target, repeats
+
+    rng = random.Random(5)
+    shapes = sc.PRETRAINING_SHAPES
+    for _ in range(200):
+        pairs = repeats(rng, shapes, 6)
+        assert pairs == [] or (2 <= len(pairs) <= 4 and (len({c for c, _ in pairs}) == 1 or len({s for _, s in pairs}) == 1))
+        assert all(c in sc.COLOURS and s in shapes for c, s in pairs)
+    assert repeats(rng, shapes, 1) == []
+    many = 0
+    for seed in range(300):
+        scene = sc.make_scene(seed, shapes=shapes, include=repeats(rng, shapes, 6))
+        target = repeated_target(rng, scene)
+        if target is not None:
+            hits = [o for o in scene.objects if (target[0] in (None, o.colour)) and (target[1] in (None, o.shape))]
+            assert len(hits) >= 2
+        _, answer = sc.make_task(scene, "detect", rng, shapes=shapes, target=target)
+        many += len(answer["boxes"]) >= 2
+    assert many / 300 >= 0.4  # random targets over random scenes: 0.12
+    assert repeated_target(rng, sc.make_scene(0, n_objects=1)) is None

@@ -7,6 +7,7 @@ Design (what made it learn on two CPU cores, see ``pretrain.py``):
   pretraining an auxiliary head predicts, per cell, the shape, colour, centre offset and size of
   the object centred there, so the encoder learns to localize from the first minute, and the
   cell's own column and row, so that position survives the encoder blocks ("which side is X on").
+  The head ships with the weights: train steps read from it what known things an image holds.
 - The decoder reads one token sequence (prompt bytes, special tokens, coordinate tokens) and
   cross-attends to the cells. Pointing is *selecting a cell*: the logits of the cell tokens are
   the decoder state against each cell's features (a pointer), and a cell token's input embedding
@@ -191,8 +192,8 @@ class VLM(nn.Module):
         self.head = nn.Linear(d, tk.VOCAB)
         self.ptr_q = LoRALinear(d, d)
         self.ptr_k = nn.Linear(d, d)
-        # Pretraining-only per-cell head: shape, colour, offset, width, height of the object centred
-        # there, and the cell's own column and row.
+        # Per-cell head (trained in pretraining only): shape, colour, offset, width, height of the
+        # object centred there, and the cell's own column and row.
         self.aux = nn.Linear(d, N_SHAPE_CLASSES + N_COLOUR_CLASSES + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID)
         for name, mod in self.named_modules():
             if isinstance(mod, LoRALinear):

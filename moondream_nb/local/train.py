@@ -15,16 +15,18 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..data import scenes as sc
 from . import tokenizer as tk
-from .model import VLM, Adapter, Memory
+from .model import N_COLOUR_CLASSES, N_SHAPE_CLASSES, VLM, Adapter, Memory
 from .sampler import Row, generate
 
 KL_COEF = 0.05
 RETAIN_COEF = 1.0
 ANCHORS_PER_IMAGE = 2
 ANCHORS_PER_STEP = 8  # a cap: an anchor's forward and backward cost as much as an SFT example's
+ANCHORS_PRESENT = 0.75  # the share of anchors about something the base sees in the image
 CLIP_NORM = 1.0
 
 
@@ -95,36 +97,60 @@ def _masked_logp(model: VLM, adapter: Adapter | None, images: torch.Tensor, b: d
     return torch.log_softmax(logits, -1)
 
 
+def seen(model: VLM, base: Memory) -> list[list[tuple[str, str]]]:
+    """Per image, the (colour, shape) of each object the base's per-cell head finds centred in a cell.
+
+    A cell counts when its centre logit is positive and the largest of its 3×3 neighbourhood (an
+    object's centre also lights up the cells next to it).
+    """
+    out = model.aux(base.cells)
+    shape = out[..., :N_SHAPE_CLASSES]
+    colour = out[..., N_SHAPE_CLASSES:N_SHAPE_CLASSES + N_COLOUR_CLASSES - 1]
+    logit = shape[..., -1]
+    peak = F.max_pool2d(logit.view(-1, 1, tk.GRID, tk.GRID), 3, 1, 1).flatten(1)
+    centre = (logit > 0) & (logit >= peak)
+    shapes, colours = shape[..., :-1].argmax(-1), colour.argmax(-1)
+    names = list(sc.COLOURS)
+    return [[(names[int(colours[b, c])], sc.PRETRAINING_SHAPES[int(shapes[b, c])]) for c in centre[b].nonzero().flatten().tolist()]
+            for b in range(out.shape[0])]
+
+
 def anchors(model: VLM, base: Memory, examples: Sequence[Example]) -> list[Example]:
     """Known-concept point/detect requests on the step's images, answered greedily by the base.
 
     Learning without Forgetting (Li & Hoiem, 2016): the train step also keeps the adapter's answers
     to these close to the base's, on the very images it trains on, because a new concept otherwise
     leaks into what the base already knew (after RL on "star", "point at the circles" stopped after
-    one circle). A shape or colour the step itself asks about is never an anchor, so a finetune can
-    still change how a known concept is answered.
+    one circle). Most anchors ask about something the base sees in the image (:func:`seen`), so
+    they hold how known things are found, not only that absent things are not; the rest ask about
+    a random known shape or colour. A shape or colour the step itself asks about is never an
+    anchor, so a finetune can still change how a known concept is answered.
     """
     frames: dict[int, tk.Frame] = {}
     asked = set()
     for ex in examples:
         frames.setdefault(ex.image, ex.frame)
         asked.update(str(ex.request.get("object") or ex.request.get("question") or "").lower().split())
-    shapes = [s for s in sc.SHAPES if s not in asked and sc.plural(s) not in asked]
+    shapes = [s for s in sc.PRETRAINING_SHAPES if s not in asked and sc.plural(s) not in asked]
     colours = [c for c in sc.COLOURS if c not in asked]
     if not shapes or not colours:
         return []
     # Seeded by the step's content: a replayed step trains on the same anchors.
     rng = random.Random(zlib.crc32(repr(sorted((k, f) for k, f in frames.items())).encode()
                                    + repr([ex.request.get("object") for ex in examples]).encode()))
-    requests: list[tuple[int, tk.Frame, dict[str, Any]]] = []
     ordered = sorted(frames.items(), key=lambda kv: kv[0])
+    visible = seen(model, base)
+    requests: list[tuple[int, tk.Frame, dict[str, Any]]] = []
     pairs = [ik for _ in range(ANCHORS_PER_IMAGE) for ik in ordered]  # every image once before any twice
     for image, frame in pairs[:ANCHORS_PER_STEP]:
-        kind = rng.random()
-        colour = rng.choice(colours) if kind >= 0.4 else None
-        shape = rng.choice(shapes) if kind < 0.75 else None
-        if colour is None and shape is None:
-            shape = rng.choice(shapes)
+        present = [f for c, s in visible[image] for f in ((c, None), (None, s), (c, s))
+                   if (f[0] is None or f[0] in colours) and (f[1] is None or f[1] in shapes)]
+        if present and rng.random() < ANCHORS_PRESENT:
+            colour, shape = rng.choice(present)
+        else:
+            kind = rng.random()
+            colour = rng.choice(colours) if kind >= 0.4 else None
+            shape = rng.choice(shapes) if kind < 0.75 or colour is None else None
         skill = rng.choice(("point", "detect"))
         requests.append((image, frame, {"skill": skill, "object": sc.object_prompt(rng, colour, shape)}))
     rows = [Row(image, tk.prompt_tokens(frame, req), req["skill"], temperature=0.0, max_objects=8)

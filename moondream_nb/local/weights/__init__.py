@@ -1,7 +1,8 @@
 """The shipped base weights (``base.safetensors``) and how to save / load them.
 
-Weights are stored as float16 (the file stays small); the pretraining-only auxiliary head is
-not shipped. Files are written atomically: temp file, fsync, rename.
+Weights are stored as float16 (the file stays small), with the per-cell auxiliary head: train
+steps use it to see which known things an image holds (``train.anchors``). Files are written
+atomically: temp file, fsync, rename.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def atomic_save(tensors: dict[str, torch.Tensor], path: str | os.PathLike, metad
 
 
 def save_base(model: torch.nn.Module, path: str | os.PathLike, meta: dict[str, Any]) -> None:
-    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items() if not k.startswith("aux.")}
+    sd = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     atomic_save(sd, path, {"meta": json.dumps(meta)})
 
 
@@ -54,6 +55,5 @@ def read_meta(path: str | os.PathLike = BASE) -> dict[str, Any]:
 def load_base_into(model: torch.nn.Module, path: str | os.PathLike = BASE) -> None:
     sd = {k: v.float() for k, v in load_file(str(path)).items()}
     missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith("aux.")]
     if missing or unexpected:
         raise ValueError(f"{path}: weights do not fit the model (missing {missing[:5]}, unexpected {unexpected[:5]})")
