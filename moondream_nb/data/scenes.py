@@ -36,7 +36,7 @@ COLOURS = {
 HELD_OUT_SHAPES = ("star",)
 # Shapes pretraining also draws (unless ``--basic-shapes``): more shape classes for the encoder to
 # tell apart, so its features separate a new shape (the star) better. Measured in
-# benchmarks/results/extra_shapes_12min.txt and, on the shipped weights, star_probe.txt.
+# benchmarks/results/extra_shapes_12min.txt and, on the shipped weights, concept_probe.txt.
 EXTRA_SHAPES = ("pentagon", "cross", "trapezoid", "kite")
 PRETRAINING_SHAPES = SHAPES + EXTRA_SHAPES
 HELD_OUT_COLOURS = {"purple": (150, 45, 200)}

@@ -1,12 +1,13 @@
-"""Can the frozen encoder tell a star from the shapes it was pretrained on? A linear probe.
+"""Can the frozen encoder tell a held-out concept from what it was pretrained on? A linear probe.
 
-    python benchmarks/star_probe.py [--weights PATH ...] [--scenes 700]
+    python benchmarks/concept_probe.py [--concept star|purple] [--weights PATH ...] [--scenes 700]
 
-For every object of fresh scenes drawn from all shapes (the held-out star included), takes the
-encoder's feature of the cell the object's centre falls in, fits a logistic regression "star or
-not" on the first 70 % and reports accuracy, star recall and precision on the rest; also with
-only 120 and 400 training objects, about as many stars as a 32-example SFT set shows. How well a
-LoRA can learn the star is bounded by how separable the star already is. A measurement, not a test.
+For every object of fresh scenes that may hold the held-out concept (the star among all shapes, or
+purple among all colours), takes the encoder's feature of the cell the object's centre falls in,
+fits a logistic regression "concept or not" on the first 70 % and reports accuracy, recall and
+precision on the rest; also with only 120 and 400 training objects, about as many examples as a
+32-example SFT set shows. How well a LoRA can learn the concept is bounded by how separable it
+already is. A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from moondream_nb.local.model import VLM, Config, preprocess
 from moondream_nb.local.weights import BASE, load_base_into
 
 
-def features(model: VLM, scenes: int, seed0: int = 5 * 10**9) -> tuple[torch.Tensor, torch.Tensor]:
+def features(model: VLM, concept: str, scenes: int, seed0: int = 5 * 10**9) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for k in range(scenes):
-        scene = sc.make_scene(seed0 + k, shapes=sc.ALL_SHAPES, n_objects=4)
+        if concept in sc.HELD_OUT_SHAPES:
+            scene = sc.make_scene(seed0 + k, shapes=sc.ALL_SHAPES, n_objects=4)
+        else:
+            scene = sc.make_scene(seed0 + k, colours=list(sc.ALL_COLOURS), n_objects=4)
         image, frame = preprocess(scene.image)
         with torch.no_grad():
             cells = model.encoder(image[None], None)[0]
@@ -34,7 +38,7 @@ def features(model: VLM, scenes: int, seed0: int = 5 * 10**9) -> tuple[torch.Ten
             y = (frame.oy + o.centre[1] * frame.sh) / tk.RES
             cell = min(tk.GRID - 1, int(y * tk.GRID)) * tk.GRID + min(tk.GRID - 1, int(x * tk.GRID))
             xs.append(cells[cell])
-            ys.append(float(o.shape == "star"))
+            ys.append(float(concept in (o.shape, o.colour)))
     return torch.stack(xs), torch.tensor(ys)
 
 
@@ -50,14 +54,15 @@ def probe(x: torch.Tensor, y: torch.Tensor, n_train: int, test: slice) -> dict[s
     with torch.no_grad():
         pred, truth = (x[test] @ w + b) > 0, y[test].bool()
     hits = float((pred & truth).sum())
-    return {"train_objects": n_train, "train_stars": int(y[:n_train].sum()),
+    return {"train_objects": n_train, "train_positives": int(y[:n_train].sum()),
             "accuracy": round(float((pred == truth).float().mean()), 3),
-            "star_recall": round(hits / max(1.0, float(truth.sum())), 3),
-            "star_precision": round(hits / max(1.0, float(pred.sum())), 3)}
+            "recall": round(hits / max(1.0, float(truth.sum())), 3),
+            "precision": round(hits / max(1.0, float(pred.sum())), 3)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concept", choices=sc.HELD_OUT_SHAPES + tuple(sc.HELD_OUT_COLOURS), default="star")
     ap.add_argument("--weights", nargs="+", default=[str(BASE)])
     ap.add_argument("--scenes", type=int, default=700)
     args = ap.parse_args()
@@ -66,7 +71,7 @@ def main() -> None:
         model = VLM(Config())
         load_base_into(model, path)
         model.eval()
-        x, y = features(model, args.scenes)
+        x, y = features(model, args.concept, args.scenes)
         n = int(0.7 * len(x))
         for n_train in (120, 400, n):
             print(path, probe(x, y, n_train, slice(n, None)), flush=True)
