@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from moondream_nb.data import scenes as sc
 from moondream_nb.local import tokenizer as tk
 from moondream_nb.local.model import VLM, Config, preprocess
-from moondream_nb.local.weights import BASE, load_base_into
+from moondream_nb.local.weights import BASE, load_base_into, read_meta
 
 
 def features(model: VLM, concept: str, scenes: int, seed0: int = 5 * 10**9) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     for path in args.weights:
         torch.manual_seed(0)
-        model = VLM(Config())
+        model = VLM(Config(**read_meta(path).get("config", {})))
         load_base_into(model, path)
         model.eval()
         x, y = features(model, args.concept, args.scenes)

@@ -40,8 +40,13 @@ HELD_OUT_SHAPES = ("star",)
 EXTRA_SHAPES = ("pentagon", "cross", "trapezoid", "kite")
 PRETRAINING_SHAPES = SHAPES + EXTRA_SHAPES
 HELD_OUT_COLOURS = {"purple": (150, 45, 200)}
+# Colours pretraining also draws with ``--extra-colours``: the seven demo colours alone teach the
+# encoder to blur the hues between them (purple; benchmarks/results/extra_colours_12min.txt).
+EXTRA_COLOURS = {"pink": (245, 130, 190), "brown": (135, 85, 40), "cyan": (40, 200, 210), "lime": (160, 215, 50)}
+PRETRAINING_COLOURS = {**COLOURS, **EXTRA_COLOURS}
 ALL_SHAPES = SHAPES + HELD_OUT_SHAPES
 ALL_COLOURS = {**COLOURS, **HELD_OUT_COLOURS}
+_RGB = {**ALL_COLOURS, **EXTRA_COLOURS}
 BACKGROUNDS = ("plain", "gradient", "noise", "texture")
 NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight")
 
@@ -201,7 +206,7 @@ def make_scene(
                 break
         else:
             continue
-        rgb = tuple(max(0, min(255, c + rng.randint(-14, 14))) for c in ALL_COLOURS[colour])
+        rgb = tuple(max(0, min(255, c + rng.randint(-14, 14))) for c in _RGB[colour])
         poly = _polygon(shape, cx, cy, rx, ry)
         if poly is None:
             draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=rgb)

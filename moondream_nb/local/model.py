@@ -30,7 +30,6 @@ from ..data import scenes as sc
 from . import tokenizer as tk
 
 N_SHAPE_CLASSES = len(sc.PRETRAINING_SHAPES) + 1  # every shape pretraining may draw + "none"
-N_COLOUR_CLASSES = len(sc.COLOURS) + 1  # pretraining colours + "none"
 
 
 @dataclass(frozen=True)
@@ -41,6 +40,7 @@ class Config:
     dec_layers: int = 4
     mlp: int = 4
     max_len: int = 320
+    colours: int = len(sc.COLOURS)  # colours the per-cell head names: the first of scenes.PRETRAINING_COLOURS
 
 
 class Adapter:
@@ -194,7 +194,8 @@ class VLM(nn.Module):
         self.ptr_k = nn.Linear(d, d)
         # Per-cell head (trained in pretraining only): shape, colour, offset, width, height of the
         # object centred there, and the cell's own column and row.
-        self.aux = nn.Linear(d, N_SHAPE_CLASSES + N_COLOUR_CLASSES + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID)
+        self.colour_names = tuple(sc.PRETRAINING_COLOURS)[: cfg.colours]
+        self.aux = nn.Linear(d, N_SHAPE_CLASSES + cfg.colours + 1 + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID)
         for name, mod in self.named_modules():
             if isinstance(mod, LoRALinear):
                 mod.lora_name = name

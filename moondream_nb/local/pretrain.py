@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..data import scenes as sc
 from ..rewards import detect_reward, point_reward
 from . import tokenizer as tk
-from .model import N_COLOUR_CLASSES, N_SHAPE_CLASSES, VLM, Config, preprocess
+from .model import N_SHAPE_CLASSES, VLM, Config, preprocess
 from .sampler import Row, generate
 from .weights import save_base
 
@@ -71,7 +71,7 @@ def aux_targets(scene: sc.Scene, frame: tk.Frame, shapes: tuple[str, ...] = sc.S
         inside_x = (grid - (u0 + u1) / 2).abs() <= (u1 - u0) / 4
         inside_y = (grid - (v0 + v1) / 2).abs() <= (v1 - v0) / 4
         cells = (inside_y[:, None] & inside_x[None, :]).flatten()
-        label = torch.tensor([shapes.index(o.shape), list(sc.COLOURS).index(o.colour)])
+        label = torch.tensor([shapes.index(o.shape), list(sc.PRETRAINING_COLOURS).index(o.colour)])
         t[cells, :2] = label
         toks = tk.box_tokens(frame, o.box_dict)
         c = toks[0] - tk.CELL0
@@ -80,13 +80,13 @@ def aux_targets(scene: sc.Scene, frame: tk.Frame, shapes: tuple[str, ...] = sc.S
     return t
 
 
-def repeats(rng: random.Random, shapes: tuple[str, ...], max_objects: int) -> list[tuple[str, str]]:
+def repeats(rng: random.Random, shapes: tuple[str, ...], max_objects: int,
+            colours: tuple[str, ...] = tuple(sc.COLOURS)) -> list[tuple[str, str]]:
     """(colour, shape) pairs for ``make_scene(include=...)``: usually none, sometimes 2–4 objects
     sharing a colour or a shape."""
     if max_objects < 2 or rng.random() >= REPEAT_SCENES:
         return []
     k = rng.randint(2, min(4, max_objects))
-    colours = list(sc.COLOURS)
     if rng.random() < 0.5:
         colour = rng.choice(colours)
         return [(colour, rng.choice(shapes)) for _ in range(k)]
@@ -105,19 +105,19 @@ def repeated_target(rng: random.Random, scene: sc.Scene) -> tuple[str | None, st
 
 
 def make_batch(rng: random.Random, n_images: int, tasks: int, max_objects: int, chunk: int = 32,
-               shapes: tuple[str, ...] = sc.SHAPES) -> dict[str, Any]:
+               shapes: tuple[str, ...] = sc.SHAPES, colours: tuple[str, ...] = tuple(sc.COLOURS)) -> dict[str, Any]:
     images, auxes, seqs, index = [], [], [], []
     skills, weights = zip(*SKILL_MIX)
     for i in range(n_images):
-        scene = sc.make_scene(rng.getrandbits(62), max_objects=max_objects, shapes=shapes,
-                              include=repeats(rng, shapes, max_objects))
+        scene = sc.make_scene(rng.getrandbits(62), max_objects=max_objects, shapes=shapes, colours=colours,
+                              include=repeats(rng, shapes, max_objects, colours))
         x, frame = preprocess(scene.image)
         images.append(x)
         auxes.append(aux_targets(scene, frame, shapes))
         for _ in range(tasks):
             skill = rng.choices(skills, weights)[0]
             target = repeated_target(rng, scene) if skill in ("point", "detect") and rng.random() < REPEAT_TARGETS else None
-            request, answer = sc.make_task(scene, skill, rng, shapes=shapes, target=target)
+            request, answer = sc.make_task(scene, skill, rng, shapes=shapes, colours=colours, target=target)
             reasoning = skill == "query" and rng.random() < 0.15
             seqs.append(example_tokens(frame, request, answer, reasoning))
             index.append(i)
@@ -151,7 +151,7 @@ def aux_loss(model: VLM, cells: torch.Tensor, aux: torch.Tensor) -> torch.Tensor
     learns shapes (measured: centre-cell shape accuracy 0.16 after 55 min, vs 0.92 after 4 min)."""
     out = model.aux(cells)
     shape, colour, offset, width, height, col, row = out.split(
-        (N_SHAPE_CLASSES, N_COLOUR_CLASSES, tk.N_OFFS, tk.SIZE_BINS, tk.SIZE_BINS, tk.GRID, tk.GRID), -1)
+        (N_SHAPE_CLASSES, model.cfg.colours + 1, tk.N_OFFS, tk.SIZE_BINS, tk.SIZE_BINS, tk.GRID, tk.GRID), -1)
     loss = F.cross_entropy(shape[..., :-1].flatten(0, 1), aux[..., 0].flatten(), ignore_index=-100)
     loss = loss + F.cross_entropy(colour[..., :-1].flatten(0, 1), aux[..., 1].flatten(), ignore_index=-100)
     centre = aux[..., 2].float()
@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="train the encoder alone on the per-cell loss first (≈3× faster steps)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--init", default=None, help="continue from these weights")
+    ap.add_argument("--extra-colours", action="store_true",
+                    help=f"also draw {', '.join(sc.EXTRA_COLOURS)}, so the encoder keeps the hues between the demo "
+                         "colours apart (benchmarks/results/extra_colours_12min.txt)")
     ap.add_argument("--basic-shapes", action="store_true",
                     help=f"draw only {', '.join(sc.SHAPES)}, not also {', '.join(sc.EXTRA_SHAPES)} "
                          "(the star then stays harder to learn; benchmarks/results/extra_shapes_12min.txt)")
@@ -226,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    cfg = Config()
+    colours = tuple(sc.PRETRAINING_COLOURS if args.extra_colours else sc.COLOURS)
+    cfg = Config(colours=len(colours))
     model = VLM(cfg)
     if args.init:
         from .weights import load_base_into
@@ -252,11 +256,11 @@ def main(argv: list[str] | None = None) -> None:
         max_objects = min(6, 2 + int(4 * progress / 0.25))  # curriculum: few objects first
         if warm:
             # Encoder first: the decoder can only bind words to objects once cells know their shape.
-            b = make_batch(rng, args.images, 0, 6, shapes=shapes)
+            b = make_batch(rng, args.images, 0, 6, shapes=shapes, colours=colours)
             lm = torch.zeros(())
             la = aux_loss(model, model.encoder(b["images"], None), b["aux"])
         else:
-            b = make_batch(rng, args.images, args.tasks, max_objects, shapes=shapes)
+            b = make_batch(rng, args.images, args.tasks, max_objects, shapes=shapes, colours=colours)
             memory = model.encode(b["images"])
             # Token-weighted mean over chunks = the mean over every answer token of the step.
             n_tok = sum(int((c["targets"] != -100).sum()) for c in b["chunks"])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..data import scenes as sc
 from . import tokenizer as tk
-from .model import N_COLOUR_CLASSES, N_SHAPE_CLASSES, VLM, Adapter, Memory
+from .model import N_SHAPE_CLASSES, VLM, Adapter, Memory
 from .sampler import Row, generate
 
 KL_COEF = 0.05
@@ -105,12 +105,12 @@ def seen(model: VLM, base: Memory) -> list[list[tuple[str, str]]]:
     """
     out = model.aux(base.cells)
     shape = out[..., :N_SHAPE_CLASSES]
-    colour = out[..., N_SHAPE_CLASSES:N_SHAPE_CLASSES + N_COLOUR_CLASSES - 1]
+    names = model.colour_names
+    colour = out[..., N_SHAPE_CLASSES:N_SHAPE_CLASSES + len(names)]
     logit = shape[..., -1]
     peak = F.max_pool2d(logit.view(-1, 1, tk.GRID, tk.GRID), 3, 1, 1).flatten(1)
     centre = (logit > 0) & (logit >= peak)
     shapes, colours = shape[..., :-1].argmax(-1), colour.argmax(-1)
-    names = list(sc.COLOURS)
     return [[(names[int(colours[b, c])], sc.PRETRAINING_SHAPES[int(shapes[b, c])]) for c in centre[b].nonzero().flatten().tolist()]
             for b in range(out.shape[0])]
 
@@ -132,7 +132,7 @@ def anchors(model: VLM, base: Memory, examples: Sequence[Example]) -> list[Examp
         frames.setdefault(ex.image, ex.frame)
         asked.update(str(ex.request.get("object") or ex.request.get("question") or "").lower().split())
     shapes = [s for s in sc.PRETRAINING_SHAPES if s not in asked and sc.plural(s) not in asked]
-    colours = [c for c in sc.COLOURS if c not in asked]
+    colours = [c for c in model.colour_names if c not in asked]
     if not shapes or not colours:
         return []
     # Seeded by the step's content: a replayed step trains on the same anchors.

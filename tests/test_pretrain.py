@@ -1,0 +1,42 @@
+"""The pretraining command end to end, on a budget of seconds: it writes weights the engine loads
+and trains through, with the colour vocabulary it was run with."""
+
+import random
+
+import torch
+
+from moondream_nb.data import scenes as sc
+from moondream_nb.local import learning as L
+from moondream_nb.local.engine import Engine
+from moondream_nb.local.model import preprocess
+from moondream_nb.local.pretrain import aux_targets, main, make_batch
+from moondream_nb.local.train import make_optimizer
+from moondream_nb.local.weights import read_meta
+
+
+def test_extra_colours_are_drawn_and_named_by_the_per_cell_head():
+    colours = tuple(sc.PRETRAINING_COLOURS)
+    b = make_batch(random.Random(0), 12, 2, 6, shapes=sc.PRETRAINING_SHAPES, colours=colours)
+    labels = set(b["aux"][..., 1].flatten().tolist()) - {-100}
+    assert any(k >= len(sc.COLOURS) for k in labels) and max(labels) < len(colours)
+    scene = sc.make_scene(4, colours=["pink", "cyan"], n_objects=3)
+    assert {o.colour for o in scene.objects} <= {"pink", "cyan"}
+    _, frame = preprocess(scene.image)
+    assert set(aux_targets(scene, frame)[:, 1].tolist()) - {-100} <= {colours.index("pink"), colours.index("cyan")}
+    assert "purple" not in colours
+
+
+def test_pretrain_writes_weights_the_engine_loads_and_trains(tmp_path):
+    out = tmp_path / "base.safetensors"
+    main(["--out", str(out), "--minutes", "0.05", "--warmup-minutes", "0.02", "--images", "4", "--tasks", "2",
+          "--eval-scenes", "4", "--threads", "1", "--extra-colours"])
+    meta = read_meta(out)
+    assert meta["config"]["colours"] == len(sc.PRETRAINING_COLOURS) and meta["step"] > 0
+    assert set(meta["eval"]) >= {"query_em", "point_reward", "detect_reward"}
+    torch.manual_seed(0)
+    engine = Engine(str(out))
+    assert engine.model.colour_names == tuple(sc.PRETRAINING_COLOURS)
+    request, gt = L.KNOWN_DETECT.item(5)
+    adapter = engine.new_adapter(8)
+    result = engine.train(adapter, make_optimizer(adapter), [{"mode": "sft", "request": request, "target": {"boxes": gt["boxes"]}}], 2e-4)
+    assert result.applied and result.sft_loss > 0
