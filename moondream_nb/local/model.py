@@ -204,6 +204,12 @@ class VLM(nn.Module):
             masks[s, tk.allowed_ids(s)] = 0.0
         self.register_buffer("state_masks", masks, persistent=False)
 
+    def cell_heads(self, cells: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The per-cell head's logits, split: shape (+ centre last), colour (+ none last), offset,
+        width, height, column, row."""
+        return self.aux(cells).split((N_SHAPE_CLASSES, self.cfg.colours + 1, tk.N_OFFS, tk.SIZE_BINS, tk.SIZE_BINS,
+                                      tk.GRID, tk.GRID), -1)
+
     def lora_modules(self) -> dict[str, LoRALinear]:
         return {m.lora_name: m for m in self.modules() if isinstance(m, LoRALinear)}
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..data import scenes as sc
 from . import tokenizer as tk
-from .model import N_SHAPE_CLASSES, VLM, Adapter, Memory
+from .model import VLM, Adapter, Memory
 from .sampler import Row, generate
 
 KL_COEF = 0.05
@@ -103,16 +103,14 @@ def seen(model: VLM, base: Memory) -> list[list[tuple[str, str]]]:
     A cell counts when its centre logit is positive and the largest of its 3×3 neighbourhood (an
     object's centre also lights up the cells next to it).
     """
-    out = model.aux(base.cells)
-    shape = out[..., :N_SHAPE_CLASSES]
+    shape, colour = model.cell_heads(base.cells)[:2]
     names = model.colour_names
-    colour = out[..., N_SHAPE_CLASSES:N_SHAPE_CLASSES + len(names)]
     logit = shape[..., -1]
     peak = F.max_pool2d(logit.view(-1, 1, tk.GRID, tk.GRID), 3, 1, 1).flatten(1)
     centre = (logit > 0) & (logit >= peak)
-    shapes, colours = shape[..., :-1].argmax(-1), colour.argmax(-1)
+    shapes, colours = shape[..., :-1].argmax(-1), colour[..., :-1].argmax(-1)
     return [[(names[int(colours[b, c])], sc.PRETRAINING_SHAPES[int(shapes[b, c])]) for c in centre[b].nonzero().flatten().tolist()]
-            for b in range(out.shape[0])]
+            for b in range(shape.shape[0])]
 
 
 def anchors(model: VLM, base: Memory, examples: Sequence[Example]) -> list[Example]:
