@@ -1,15 +1,16 @@
 """The pretraining command end to end, on a budget of seconds: it writes weights the engine loads
-and trains through, with the colour vocabulary it was run with."""
+and trains through, with the colour vocabulary and per-cell head it was run with."""
 
 import random
 
+import pytest
 import torch
 
 from moondream_nb.data import scenes as sc
 from moondream_nb.local import learning as L
 from moondream_nb.local.engine import Engine
-from moondream_nb.local.model import preprocess
-from moondream_nb.local.pretrain import aux_targets, main, make_batch
+from moondream_nb.local.model import VLM, Config, preprocess
+from moondream_nb.local.pretrain import aux_loss, aux_targets, cell_colours, main, make_batch
 from moondream_nb.local.train import make_optimizer
 from moondream_nb.local.weights import read_meta
 
@@ -26,16 +27,34 @@ def test_extra_colours_are_drawn_and_named_by_the_per_cell_head():
     assert "purple" not in colours
 
 
-def test_pretrain_writes_weights_the_engine_loads_and_trains(tmp_path):
+def test_the_cell_rgb_head_learns_each_cells_colour():
+    torch.manual_seed(0)
+    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=1, cell_rgb=True))
+    b = make_batch(random.Random(1), 8, 0, 6, shapes=sc.PRETRAINING_SHAPES, colours=tuple(sc.COLOURS))
+    target = cell_colours(b["images"])
+    assert target.shape == (8, 144, 3) and target.min() >= -1 and target.max() <= 1
+    err = lambda: torch.nn.functional.mse_loss(model.cell_heads(model.encoder(b["images"], None))[-1], target).item()  # noqa: E731
+    before = err()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        opt.zero_grad()
+        aux_loss(model, model.encoder(b["images"], None), b["aux"], b["images"]).backward()
+        opt.step()
+    assert err() < 0.3 * before, (before, err())
+
+
+@pytest.mark.parametrize("flags", [[], ["--extra-colours", "--cell-rgb"]])
+def test_pretrain_writes_weights_the_engine_loads_and_trains(tmp_path, flags):
     out = tmp_path / "base.safetensors"
     main(["--out", str(out), "--minutes", "0.05", "--warmup-minutes", "0.02", "--images", "4", "--tasks", "2",
-          "--eval-scenes", "4", "--threads", "1", "--extra-colours"])
+          "--eval-scenes", "4", "--threads", "1", *flags])
+    colours = tuple(sc.PRETRAINING_COLOURS if flags else sc.COLOURS)
     meta = read_meta(out)
-    assert meta["config"]["colours"] == len(sc.PRETRAINING_COLOURS) and meta["step"] > 0
+    assert meta["config"]["colours"] == len(colours) and meta["config"]["cell_rgb"] == bool(flags) and meta["step"] > 0
     assert set(meta["eval"]) >= {"query_em", "point_reward", "detect_reward"}
     torch.manual_seed(0)
     engine = Engine(str(out))
-    assert engine.model.colour_names == tuple(sc.PRETRAINING_COLOURS)
+    assert engine.model.colour_names == colours and engine.model.cfg.cell_rgb == bool(flags)
     request, gt = L.KNOWN_DETECT.item(5)
     adapter = engine.new_adapter(8)
     result = engine.train(adapter, make_optimizer(adapter), [{"mode": "sft", "request": request, "target": {"boxes": gt["boxes"]}}], 2e-4)

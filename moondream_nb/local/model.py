@@ -41,6 +41,7 @@ class Config:
     mlp: int = 4
     max_len: int = 320
     colours: int = len(sc.COLOURS)  # colours the per-cell head names: the first of scenes.PRETRAINING_COLOURS
+    cell_rgb: bool = False  # the per-cell head also reconstructs each cell's mean colour (pretrain --cell-rgb)
 
 
 class Adapter:
@@ -193,9 +194,10 @@ class VLM(nn.Module):
         self.ptr_q = LoRALinear(d, d)
         self.ptr_k = nn.Linear(d, d)
         # Per-cell head (trained in pretraining only): shape, colour, offset, width, height of the
-        # object centred there, and the cell's own column and row.
+        # object centred there, the cell's own column and row, and with ``cell_rgb`` its mean colour.
         self.colour_names = tuple(sc.PRETRAINING_COLOURS)[: cfg.colours]
-        self.aux = nn.Linear(d, N_SHAPE_CLASSES + cfg.colours + 1 + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID)
+        self.aux = nn.Linear(d, N_SHAPE_CLASSES + cfg.colours + 1 + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID
+                             + 3 * cfg.cell_rgb)
         for name, mod in self.named_modules():
             if isinstance(mod, LoRALinear):
                 mod.lora_name = name
@@ -206,9 +208,9 @@ class VLM(nn.Module):
 
     def cell_heads(self, cells: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The per-cell head's logits, split: shape (+ centre last), colour (+ none last), offset,
-        width, height, column, row."""
+        width, height, column, row, and the cell's mean RGB in [-1, 1] (empty unless ``cfg.cell_rgb``)."""
         return self.aux(cells).split((N_SHAPE_CLASSES, self.cfg.colours + 1, tk.N_OFFS, tk.SIZE_BINS, tk.SIZE_BINS,
-                                      tk.GRID, tk.GRID), -1)
+                                      tk.GRID, tk.GRID, 3 * self.cfg.cell_rgb), -1)
 
     def lora_modules(self) -> dict[str, LoRALinear]:
         return {m.lora_name: m for m in self.modules() if isinstance(m, LoRALinear)}
