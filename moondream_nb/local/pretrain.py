@@ -163,7 +163,7 @@ def aux_loss(model: VLM, cells: torch.Tensor, aux: torch.Tensor, images: torch.T
     cell = torch.arange(tk.N_CELLS).repeat(cells.shape[0])
     loss = loss + 0.3 * (F.cross_entropy(col.flatten(0, 1), cell % tk.GRID) + F.cross_entropy(row.flatten(0, 1), cell // tk.GRID))
     if model.cfg.cell_rgb:
-        # Named colours alone let the cells drift toward the names (a purple probe from 11 examples:
+        # Named colours alone let the cells drift toward the names (with --extra-colours, a purple probe from 11 examples:
         # recall 0.91 after 22 minutes, 0.41 after 60); reconstructing the colour keeps the hue.
         loss = loss + CELL_RGB_WEIGHT * F.mse_loss(rgb, cell_colours(images))
     return loss
