@@ -4,7 +4,8 @@
 
 Greedy answers on fresh scenes (seeds no pretraining step uses): query exact match per question
 kind (the first words of the question; spatial-ref questions as ``ref``), point and detect reward
-by number of matching objects. Shows where the model loses its accuracy. A measurement, not a test.
+by number of matching objects, and how often a 2+-match answer lists too few items ("too few":
+the model stopped early). Shows where the model loses its accuracy. A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ def main() -> None:
             if skill == "query":
                 score = float((out.get("answer") or "").strip().lower() == answer["answer"])
             else:
-                score = reward(skill, out, {"points": answer["points"]} if skill == "point" else {"boxes": answer["boxes"]})
+                truth = answer["points"] if skill == "point" else answer["boxes"]
+                score = reward(skill, out, {"points": truth} if skill == "point" else {"boxes": truth})
+                if len(truth) >= 2:
+                    got = out.get("points") if skill == "point" else out.get("objects")
+                    scores[f"{skill}: 2+ matches, too few"].append(float(len(got or ()) < len(truth)))
             scores[kind_of(skill, request, answer)].append(score)
             scores[f"{skill} (all)"].append(score)
     for kind in sorted(scores):

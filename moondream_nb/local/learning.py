@@ -38,14 +38,18 @@ class Concept:
     colour: str | None
     shape: str | None
 
-    def item(self, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(request with image_url, ground truth) for one fresh scene."""
+    def scene(self, seed: int) -> tuple[sc.Scene, random.Random]:
+        """The scene of :meth:`item` (1–2 matches among 2–5 objects) and the rng that asks about it."""
         rng = random.Random(seed)
         colours = list(sc.ALL_COLOURS) if self.colour in sc.HELD_OUT_COLOURS else KNOWN_COLOURS
         shapes = sc.ALL_SHAPES if self.shape in sc.HELD_OUT_SHAPES else KNOWN_SHAPES
         k = rng.randint(1, 2)
         include = [(self.colour or rng.choice(KNOWN_COLOURS), self.shape or rng.choice(KNOWN_SHAPES)) for _ in range(k)]
-        scene = sc.make_scene(seed, include=include, shapes=shapes, colours=colours, n_objects=rng.randint(k + 1, 5))
+        return sc.make_scene(seed, include=include, shapes=shapes, colours=colours, n_objects=rng.randint(k + 1, 5)), rng
+
+    def item(self, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(request with image_url, ground truth) for one fresh scene."""
+        scene, rng = self.scene(seed)
         request, answer = sc.make_task(scene, self.skill, rng, target=(self.colour, self.shape))
         request["image_url"] = data_url(scene.image)
         gt = {"points": answer["points"]} if self.skill == "point" else {"boxes": answer["boxes"]}
