@@ -39,7 +39,8 @@ class Concept:
     shape: str | None
 
     def scene(self, seed: int) -> tuple[sc.Scene, random.Random]:
-        """The scene of :meth:`item` (1–2 matches among 2–5 objects) and the rng that asks about it."""
+        """The scene of :meth:`item` (1–2 planted matches among 2–5 objects; others may match too) and the rng
+        that asks about it."""
         rng = random.Random(seed)
         colours = list(sc.ALL_COLOURS) if self.colour in sc.HELD_OUT_COLOURS else KNOWN_COLOURS
         shapes = sc.ALL_SHAPES if self.shape in sc.HELD_OUT_SHAPES else KNOWN_SHAPES
