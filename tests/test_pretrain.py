@@ -10,7 +10,7 @@ from moondream_nb.data import scenes as sc
 from moondream_nb.local import learning as L
 from moondream_nb.local.engine import Engine
 from moondream_nb.local.model import VLM, Config, preprocess
-from moondream_nb.local.pretrain import aux_loss, aux_targets, cell_colours, main, make_batch
+from moondream_nb.local.pretrain import aux_loss, aux_targets, cell_colours, lm_loss, main, make_batch
 from moondream_nb.local.train import make_optimizer
 from moondream_nb.local.weights import read_meta
 
@@ -25,6 +25,23 @@ def test_extra_colours_are_drawn_and_named_by_the_per_cell_head():
     _, frame = preprocess(scene.image)
     assert set(aux_targets(scene, frame)[:, 1].tolist()) - {-100} <= {colours.index("pink"), colours.index("cyan")}
     assert "purple" not in colours
+
+
+def test_chunks_cut_padding_and_leave_the_loss_unchanged():
+    torch.manual_seed(0)
+    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=2))
+    kw = dict(shapes=sc.PRETRAINING_SHAPES, colours=tuple(sc.COLOURS))
+    small = make_batch(random.Random(2), 10, 4, 6, chunk_tokens=256, **kw)
+    whole = make_batch(random.Random(2), 10, 4, 6, chunk_tokens=10**9, **kw)
+    assert len(whole["chunks"]) == 1 and len(small["chunks"]) > 2
+    assert all(c["tokens"].numel() <= 256 or len(c["tokens"]) == 1 for c in small["chunks"])
+    rows = lambda b: sorted((c["tokens"][r][c["targets"][r] != -100].tolist(), int(c["index"][r]))  # noqa: E731
+                            for c in b["chunks"] for r in range(len(c["tokens"])))
+    assert rows(small) == rows(whole) and len(rows(small)) == 40
+    padded = lambda b: sum(c["tokens"].numel() for c in b["chunks"])  # noqa: E731
+    assert padded(small) < 0.6 * padded(whole)
+    memory = model.encode(small["images"])
+    assert torch.allclose(lm_loss(model, small, memory), lm_loss(model, whole, memory), atol=1e-5)
 
 
 def test_the_cell_rgb_head_learns_each_cells_colour():
