@@ -159,7 +159,7 @@ def test_retention_anchors_ask_about_known_concepts_the_step_does_not(model, sce
         words = set(a.request["object"].split())
         assert a.request["skill"] in ("point", "detect")
         assert not words & {"red", "square", "squares", "circle", "circles"}, a.request
-        assert words & (set(sc.PRETRAINING_SHAPES) | {sc.plural(s) for s in sc.PRETRAINING_SHAPES} | set(sc.COLOURS))
+        assert words & (set(sc.PRETRAINING_SHAPES) | {sc.plural(s) for s in sc.PRETRAINING_SHAPES} | set(model.colour_names))
     assert [a.request for a in anchors(model, base, asked)] == [a.request for a in got]  # a replay trains the same
     # Anchors are the base's own answers: a fresh adapter is at zero retention KL, a trained one is not.
     adapter = Adapter(model, 8)

@@ -30,7 +30,7 @@ def test_extra_colours_are_drawn_and_named_by_the_per_cell_head():
 def test_chunks_cut_padding_and_leave_the_loss_unchanged():
     torch.manual_seed(0)
     model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=2))
-    kw = dict(shapes=sc.PRETRAINING_SHAPES, colours=tuple(sc.COLOURS))
+    kw = dict(shapes=sc.PRETRAINING_SHAPES, colours=tuple(sc.PRETRAINING_COLOURS))
     small = make_batch(random.Random(2), 10, 4, 6, chunk_tokens=256, **kw)
     whole = make_batch(random.Random(2), 10, 4, 6, chunk_tokens=10**9, **kw)
     assert len(whole["chunks"]) == 1 and len(small["chunks"]) > 2
@@ -46,8 +46,8 @@ def test_chunks_cut_padding_and_leave_the_loss_unchanged():
 
 def test_the_cell_rgb_head_learns_each_cells_colour():
     torch.manual_seed(0)
-    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=1, cell_rgb=True))
-    b = make_batch(random.Random(1), 8, 0, 6, shapes=sc.PRETRAINING_SHAPES, colours=tuple(sc.COLOURS))
+    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=1))
+    b = make_batch(random.Random(1), 8, 0, 6, shapes=sc.PRETRAINING_SHAPES, colours=tuple(sc.PRETRAINING_COLOURS))
     target = cell_colours(b["images"])
     assert target.shape == (8, 144, 3) and target.min() >= -1 and target.max() <= 1
     err = lambda: torch.nn.functional.mse_loss(model.cell_heads(model.encoder(b["images"], None))[-1], target).item()  # noqa: E731
@@ -60,18 +60,18 @@ def test_the_cell_rgb_head_learns_each_cells_colour():
     assert err() < 0.3 * before, (before, err())
 
 
-@pytest.mark.parametrize("flags", [[], ["--extra-colours", "--cell-rgb"]])
+@pytest.mark.parametrize("flags", [[], ["--basic-colours", "--no-cell-rgb"]])
 def test_pretrain_writes_weights_the_engine_loads_and_trains(tmp_path, flags):
     out = tmp_path / "base.safetensors"
     main(["--out", str(out), "--minutes", "0.05", "--warmup-minutes", "0.02", "--images", "4", "--tasks", "2",
           "--eval-scenes", "4", "--threads", "1", *flags])
-    colours = tuple(sc.PRETRAINING_COLOURS if flags else sc.COLOURS)
+    colours = tuple(sc.COLOURS if flags else sc.PRETRAINING_COLOURS)
     meta = read_meta(out)
-    assert meta["config"]["colours"] == len(colours) and meta["config"]["cell_rgb"] == bool(flags) and meta["step"] > 0
+    assert meta["config"]["colours"] == len(colours) and meta["config"]["cell_rgb"] == (not flags) and meta["step"] > 0
     assert set(meta["eval"]) >= {"query_em", "point_reward", "detect_reward"}
     torch.manual_seed(0)
     engine = Engine(str(out))
-    assert engine.model.colour_names == colours and engine.model.cfg.cell_rgb == bool(flags)
+    assert engine.model.colour_names == colours and engine.model.cfg.cell_rgb == (not flags)
     request, gt = L.KNOWN_DETECT.item(5)
     adapter = engine.new_adapter(8)
     result = engine.train(adapter, make_optimizer(adapter), [{"mode": "sft", "request": request, "target": {"boxes": gt["boxes"]}}], 2e-4)

@@ -40,7 +40,7 @@ HELD_OUT_SHAPES = ("star",)
 EXTRA_SHAPES = ("pentagon", "cross", "trapezoid", "kite")
 PRETRAINING_SHAPES = SHAPES + EXTRA_SHAPES
 HELD_OUT_COLOURS = {"purple": (150, 45, 200)}
-# Colours pretraining also draws with ``--extra-colours``: the seven demo colours alone teach the
+# Colours pretraining also draws (unless ``--basic-colours``): the seven demo colours alone teach the
 # encoder to blur the hues between them (purple; benchmarks/results/extra_colours.txt).
 EXTRA_COLOURS = {"pink": (245, 130, 190), "brown": (135, 85, 40), "cyan": (40, 200, 210), "lime": (160, 215, 50)}
 PRETRAINING_COLOURS = {**COLOURS, **EXTRA_COLOURS}

@@ -40,8 +40,8 @@ class Config:
     dec_layers: int = 4
     mlp: int = 4
     max_len: int = 320
-    colours: int = len(sc.COLOURS)  # colours the per-cell head names: the first of scenes.PRETRAINING_COLOURS
-    cell_rgb: bool = False  # the per-cell head also reconstructs each cell's mean colour (pretrain --cell-rgb)
+    colours: int = len(sc.PRETRAINING_COLOURS)  # colours the per-cell head names: the first of scenes.PRETRAINING_COLOURS
+    cell_rgb: bool = True  # the per-cell head also reconstructs each cell's mean colour (off: pretrain --no-cell-rgb)
 
 
 class Adapter:

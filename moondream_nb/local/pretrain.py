@@ -2,10 +2,11 @@
 
     python -m moondream_nb.local.pretrain --out moondream_nb/local/weights/base.safetensors --minutes 60 --threads 2
 
-Every step renders fresh scenes (never the held-out ``star`` / ``purple``; the five basic shapes
-and ``scenes.EXTRA_SHAPES``, whose only job is to make the encoder tell shapes apart), asks several tasks
-of each (query, caption, point, detect) and trains on teacher-forced cross-entropy under the
-grammar masks plus an auxiliary per-cell loss (the encoder alone on it for the first minutes).
+Every step renders fresh scenes (never the held-out ``star`` / ``purple``; besides the demo shapes and
+colours also ``scenes.EXTRA_SHAPES`` and ``scenes.EXTRA_COLOURS``, whose only job is to make the encoder
+tell shapes and hues apart), asks several tasks of each (query, caption, point, detect) and trains on
+teacher-forced cross-entropy under the grammar masks plus an auxiliary per-cell loss (shape, colour,
+centre, size, and the cell's mean RGB; the encoder alone on it for the first minutes).
 A third of the scenes repeat a colour or a shape and half the point/detect requests ask for a
 repeated one, so the model learns to find every match and not only the first.
 Held-out metrics (greedy, fresh seeds) are logged as it goes; the weights are saved at every
@@ -179,7 +180,7 @@ def aux_loss(model: VLM, cells: torch.Tensor, aux: torch.Tensor, images: torch.T
     cell = torch.arange(tk.N_CELLS).repeat(cells.shape[0])
     loss = loss + 0.3 * (F.cross_entropy(col.flatten(0, 1), cell % tk.GRID) + F.cross_entropy(row.flatten(0, 1), cell // tk.GRID))
     if model.cfg.cell_rgb:
-        # Named colours alone let the cells drift toward the names (with --extra-colours, a purple probe from 11 examples:
+        # Named colours alone let the cells drift toward the names (even with the extra colours drawn, a purple probe from 11 examples:
         # recall 0.91 after 22 minutes, 0.41 after 60); reconstructing the colour keeps the hue.
         loss = loss + CELL_RGB_WEIGHT * F.mse_loss(rgb, cell_colours(images))
     return loss
@@ -242,12 +243,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="train the encoder alone on the per-cell loss first (≈3× faster steps)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--init", default=None, help="continue from these weights")
-    ap.add_argument("--extra-colours", action="store_true",
-                    help=f"also draw {', '.join(sc.EXTRA_COLOURS)}, so the encoder keeps the hues between the demo "
-                         "colours apart (benchmarks/results/extra_colours.txt)")
-    ap.add_argument("--cell-rgb", action="store_true",
-                    help="the per-cell head also reconstructs each cell's mean colour, so the encoder keeps hues "
-                         "it is never asked to name (benchmarks/results/extra_colours.txt)")
+    ap.add_argument("--basic-colours", action="store_true",
+                    help=f"draw only {', '.join(sc.COLOURS)}, not also {', '.join(sc.EXTRA_COLOURS)} "
+                         "(the encoder then blurs the hues between them; benchmarks/results/extra_colours.txt)")
+    ap.add_argument("--no-cell-rgb", action="store_true",
+                    help="the per-cell head does not reconstruct each cell's mean colour "
+                         "(purple is then learned less well; benchmarks/results/extra_colours.txt)")
     ap.add_argument("--basic-shapes", action="store_true",
                     help=f"draw only {', '.join(sc.SHAPES)}, not also {', '.join(sc.EXTRA_SHAPES)} "
                          "(the star then stays harder to learn; benchmarks/results/extra_shapes_12min.txt)")
@@ -256,8 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    colours = tuple(sc.PRETRAINING_COLOURS if args.extra_colours else sc.COLOURS)
-    cfg = Config(colours=len(colours), cell_rgb=args.cell_rgb)
+    colours = tuple(sc.COLOURS if args.basic_colours else sc.PRETRAINING_COLOURS)
+    cfg = Config(colours=len(colours), cell_rgb=not args.no_cell_rgb)
     model = VLM(cfg)
     if args.init:
         from .weights import load_base_into
