@@ -68,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     for path in args.weights:
         torch.manual_seed(0)
-        model = VLM(Config(**read_meta(path).get("config", {})))
+        model = VLM(Config.of(read_meta(path).get("config", {})))
         load_base_into(model, path)
         model.eval()
         x, y = features(model, args.concept, args.scenes)

@@ -20,7 +20,7 @@ import torch
 
 from moondream_nb.data import scenes as sc
 from moondream_nb.local.model import VLM, Config
-from moondream_nb.local.pretrain import aux_loss, lm_loss, make_batch
+from moondream_nb.local.pretrain import joint_losses, make_batch
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     colours = tuple(sc.PRETRAINING_COLOURS)
-    model = VLM(Config(colours=len(colours), cell_rgb=True))
+    model = VLM(Config())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times: dict[int, list[float]] = {b: [] for b in args.budgets}
     padding: dict[int, list[float]] = {b: [] for b in args.budgets}
@@ -40,8 +40,7 @@ def main() -> None:
         for budget in args.budgets:  # interleaved, so drift in the machine's speed hits every budget alike
             b = make_batch(random.Random(k), 32, 4, 6, chunk_tokens=budget, shapes=sc.PRETRAINING_SHAPES, colours=colours)
             t0 = time.perf_counter()
-            memory = model.encode(b["images"])
-            loss = lm_loss(model, b, memory) + aux_loss(model, memory.cells, b["aux"], b["images"])
+            loss = sum(joint_losses(model, b))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

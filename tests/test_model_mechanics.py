@@ -79,6 +79,27 @@ def test_cached_greedy_decoding_matches_teacher_forcing(model, scene):
         assert argmax == sample.tokens
 
 
+def test_order_bias_follows_the_last_listed_cell_in_cached_and_teacher_forced_decoding(scene):
+    torch.manual_seed(0)
+    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=2, order_bias=True)).eval()
+    with torch.no_grad():
+        model.cross_order.normal_(0, 2.0)
+        model.ptr_order.copy_(torch.tensor([-4.0, 0.0, 2.0]))  # strongly prefer cells after the last one listed
+    x, frame = preprocess(scene.image)
+    mem = model.encode(x[None])
+    row = Row(0, tk.prompt_tokens(frame, {"skill": "point", "object": "circles"}), "point", temperature=0.0, max_objects=5)
+    tokens = generate(model, mem, [row, row])[0].tokens
+    cells = tokens[:-1:2] if tokens[-1] == tk.EOS else tokens[::2]
+    assert len(cells) >= 3 and cells == sorted(cells)
+    seq = torch.tensor([row.prompt + tokens])
+    logits = model(x[None], seq, torch.tensor([0]))
+    states = tk.states_for("point", tokens)
+    p = len(row.prompt) - 1
+    assert [int((logits[0, p + k] + model.state_masks[states[k]]).argmax()) for k in range(len(tokens))] == tokens
+    logits[0, p:].logsumexp(-1).sum().backward()
+    assert model.cross_order.grad.abs().sum() > 0 and model.ptr_order.grad.abs().sum() > 0
+
+
 def test_sampling_respects_grammar_budgets_and_seed(model, scene):
     x, frame = preprocess(scene.image)
     mem = model.encode(x[None])

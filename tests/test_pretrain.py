@@ -12,7 +12,7 @@ from moondream_nb.local.engine import Engine
 from moondream_nb.local.model import VLM, Config, preprocess
 from moondream_nb.local.pretrain import aux_loss, aux_targets, cell_colours, lm_loss, main, make_batch
 from moondream_nb.local.train import make_optimizer
-from moondream_nb.local.weights import read_meta
+from moondream_nb.local.weights import read_meta, save_base
 
 
 def test_extra_colours_are_drawn_and_named_by_the_per_cell_head():
@@ -60,19 +60,29 @@ def test_the_cell_rgb_head_learns_each_cells_colour():
     assert err() < 0.3 * before, (before, err())
 
 
-@pytest.mark.parametrize("flags", [[], ["--basic-colours", "--no-cell-rgb"]])
+@pytest.mark.parametrize("flags", [[], ["--basic-colours", "--no-cell-rgb", "--no-order-bias"]])
 def test_pretrain_writes_weights_the_engine_loads_and_trains(tmp_path, flags):
     out = tmp_path / "base.safetensors"
     main(["--out", str(out), "--minutes", "0.05", "--warmup-minutes", "0.02", "--images", "4", "--tasks", "2",
           "--eval-scenes", "4", "--threads", "1", *flags])
     colours = tuple(sc.COLOURS if flags else sc.PRETRAINING_COLOURS)
     meta = read_meta(out)
-    assert meta["config"]["colours"] == len(colours) and meta["config"]["cell_rgb"] == (not flags) and meta["step"] > 0
+    assert meta["config"]["colours"] == len(colours) and meta["config"]["cell_rgb"] == meta["config"]["order_bias"] == (not flags)
+    assert meta["step"] > 0
     assert set(meta["eval"]) >= {"query_em", "point_reward", "detect_reward"}
     torch.manual_seed(0)
     engine = Engine(str(out))
-    assert engine.model.colour_names == colours and engine.model.cfg.cell_rgb == (not flags)
+    assert engine.model.colour_names == colours and engine.model.cfg.cell_rgb == engine.model.cfg.order_bias == (not flags)
     request, gt = L.KNOWN_DETECT.item(5)
     adapter = engine.new_adapter(8)
     result = engine.train(adapter, make_optimizer(adapter), [{"mode": "sft", "request": request, "target": {"boxes": gt["boxes"]}}], 2e-4)
     assert result.applied and result.sft_loss > 0
+
+
+def test_weights_written_before_later_config_fields_still_load(tmp_path):
+    # Files from before `colours`, `cell_rgb` and `order_bias` existed hold none of them in their meta.
+    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=1, colours=len(sc.COLOURS), cell_rgb=False, order_bias=False))
+    out = tmp_path / "old.safetensors"
+    save_base(model, out, {"config": {"d": 64, "heads": 2, "enc_layers": 1, "dec_layers": 1, "mlp": 4, "max_len": 320}, "step": 1})
+    engine = Engine(str(out))
+    assert engine.model.cfg == model.cfg and engine.model.colour_names == tuple(sc.COLOURS)

@@ -89,7 +89,7 @@ class Engine:
     """The base model plus an LRU of decoded images (each distinct image is decoded once)."""
 
     def __init__(self, weights: str | None = None, cache_size: int = 256):
-        self.model = VLM(Config(**read_meta(weights or BASE).get("config", {})))
+        self.model = VLM(Config.of(read_meta(weights or BASE).get("config", {})))
         load_base_into(self.model, weights or BASE)
         self.model.eval()
         for p in self.model.parameters():

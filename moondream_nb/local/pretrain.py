@@ -163,6 +163,12 @@ def lm_loss(model: VLM, batch: dict[str, Any], memory: Memory) -> torch.Tensor:
                * int((c["targets"] != -100).sum()) for c in batch["chunks"]) / n_tok
 
 
+def joint_losses(model: VLM, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(answer-token loss, per-cell loss) of one batch after the encoder's warm-up."""
+    memory = model.encode(batch["images"])
+    return lm_loss(model, batch, memory), aux_loss(model, memory.cells, batch["aux"], batch["images"])
+
+
 def aux_loss(model: VLM, cells: torch.Tensor, aux: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Per-cell supervision of the encoder. Shape and colour are learned only where an object
     lies: averaged over all cells, the ~97% empty ones drown the signal and the encoder never
@@ -249,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-cell-rgb", action="store_true",
                     help="the per-cell head does not reconstruct each cell's mean colour "
                          "(purple is then learned less well; benchmarks/results/extra_colours.txt)")
+    ap.add_argument("--no-order-bias", action="store_true",
+                    help="no learned attention and pointer biases for the cells before / at / after the last one listed "
+                         "(held-out purple is then learned less well; benchmarks/results/order_bias.txt)")
     ap.add_argument("--basic-shapes", action="store_true",
                     help=f"draw only {', '.join(sc.SHAPES)}, not also {', '.join(sc.EXTRA_SHAPES)} "
                          "(the star then stays harder to learn; benchmarks/results/extra_shapes_12min.txt)")
@@ -258,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     colours = tuple(sc.COLOURS if args.basic_colours else sc.PRETRAINING_COLOURS)
-    cfg = Config(colours=len(colours), cell_rgb=not args.no_cell_rgb)
+    cfg = Config(colours=len(colours), cell_rgb=not args.no_cell_rgb, order_bias=not args.no_order_bias)
     model = VLM(cfg)
     if args.init:
         from .weights import load_base_into
@@ -289,9 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             la = aux_loss(model, model.encoder(b["images"], None), b["aux"], b["images"])
         else:
             b = make_batch(rng, args.images, args.tasks, max_objects, shapes=shapes, colours=colours)
-            memory = model.encode(b["images"])
-            lm = lm_loss(model, b, memory)
-            la = aux_loss(model, memory.cells, b["aux"], b["images"])
+            lm, la = joint_losses(model, b)
         loss = lm + la
         opt.zero_grad(set_to_none=True)
         loss.backward()
