@@ -210,9 +210,7 @@ class VLM(nn.Module):
         # object centred there, the cell's own column and row, and with ``cell_rgb`` its mean colour.
         self.colour_names = tuple(sc.PRETRAINING_COLOURS)[: cfg.colours]
         if cfg.order_bias:
-            # Items are listed in cell order, so "is there one more?" asks only about the cells after
-            # the last one listed; a learned bias per head (and for the pointer) on those three groups
-            # makes that a single attention instead of a comparison of positions the decoder must learn.
+            # Reading-order biases (module docstring) for the cells before / at / after the last one listed.
             self.cross_order = nn.Parameter(torch.zeros(cfg.dec_layers, cfg.heads, 3))
             self.ptr_order = nn.Parameter(torch.zeros(3))
         self.aux = nn.Linear(d, N_SHAPE_CLASSES + cfg.colours + 1 + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID
