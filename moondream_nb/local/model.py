@@ -12,9 +12,11 @@ Design (what made it learn on two CPU cores, see ``pretrain.py``):
   cross-attends to the cells. Pointing is *selecting a cell*: the logits of the cell tokens are
   the decoder state against each cell's features (a pointer), and a cell token's input embedding
   is that cell's feature, so the next tokens (offset inside the cell, box width and height) and
-  spatial references in prompts see what lies there. Items are listed in cell order, and a learned
-  bias per attention head and on the pointer tells apart the cells before, at and after the last one
-  listed, so "is there one more?" is one attention over the cells still ahead.
+  spatial references in prompts see what lies there. Answers list items in cell order (a quarter
+  of pretraining's in a random order), and a learned bias per attention head and on the pointer tells apart the
+  cells already listed, the cells next to one, and the rest, so "is there one more?" is one attention
+  over the cells not yet listed, and a thing skipped can still come next. (``listed_bias=False``: the
+  three biases are for the cells before, at and after the last one listed, as in weights before it.)
 - Every attention and MLP projection is a :class:`LoRALinear`; an :class:`Adapter` (rank 8–32)
   passed to ``forward`` adds its low-rank update, so one frozen base serves many finetunes.
 """
@@ -44,7 +46,8 @@ class Config:
     max_len: int = 320
     colours: int = len(sc.PRETRAINING_COLOURS)  # colours the per-cell head names: the first of scenes.PRETRAINING_COLOURS
     cell_rgb: bool = True  # the per-cell head also reconstructs each cell's mean colour (off: pretrain --no-cell-rgb)
-    order_bias: bool = True  # cross-attention and pointer see which cells lie before / at / after the last listed one (off: pretrain --no-order-bias)
+    order_bias: bool = True  # learned cross-attention and pointer biases by where a cell stands to the cells listed (off: pretrain --no-order-bias)
+    listed_bias: bool = True  # with order_bias: the biases mark cells listed / next to a listed one / neither, not before / at / after the last listed (off: pretrain --no-listed-bias)
 
     @classmethod
     def of(cls, saved: dict) -> "Config":
@@ -54,7 +57,7 @@ class Config:
 
 
 # What weights written before a field existed were trained with.
-LEGACY = {"colours": len(sc.COLOURS), "cell_rgb": False, "order_bias": False}
+LEGACY = {"colours": len(sc.COLOURS), "cell_rgb": False, "order_bias": False, "listed_bias": False}
 
 
 class Adapter:
@@ -210,7 +213,7 @@ class VLM(nn.Module):
         # object centred there, the cell's own column and row, and with ``cell_rgb`` its mean colour.
         self.colour_names = tuple(sc.PRETRAINING_COLOURS)[: cfg.colours]
         if cfg.order_bias:
-            # Reading-order biases (module docstring) for the cells before / at / after the last one listed.
+            # Biases (module docstring) for the cells listed / next to one / neither, or before / at / after the last listed.
             self.cross_order = nn.Parameter(torch.zeros(cfg.dec_layers, cfg.heads, 3))
             self.ptr_order = nn.Parameter(torch.zeros(3))
         self.aux = nn.Linear(d, N_SHAPE_CLASSES + cfg.colours + 1 + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID
@@ -247,8 +250,11 @@ class VLM(nn.Module):
         return x + is_cell * self.cell_in(feats)
 
     def order(self, tokens: torch.Tensor, cache: "KVCache | None") -> torch.Tensor:
-        """``[B, T, cells, 3]``, one-hot: whether a cell lies before / at / after the last cell token at
-        or before each position (after, everywhere before the first one)."""
+        """``[B, T, cells, 3]``, one-hot per position: whether a cell lies before / at / after the last cell
+        token at or before it (after, everywhere before the first one); with ``cfg.listed_bias``, whether a
+        cell was listed at or before it / is next to a listed one / neither."""
+        if self.cfg.listed_bias:
+            return self._listed(tokens, cache)
         b, t = tokens.shape
         is_cell = (tokens >= tk.CELL0) & (tokens < tk.CELL0 + tk.N_CELLS)
         at = torch.where(is_cell, torch.arange(t).expand(b, t), -1).cummax(1).values
@@ -258,6 +264,17 @@ class VLM(nn.Module):
             cache.pending_last_cell = last[:, -1]
         cells = torch.arange(tk.N_CELLS)
         return F.one_hot(2 * (cells > last.unsqueeze(-1)) + (cells == last.unsqueeze(-1)), 3).float()
+
+    def _listed(self, tokens: torch.Tensor, cache: "KVCache | None") -> torch.Tensor:
+        b, t = tokens.shape
+        is_cell = (tokens >= tk.CELL0) & (tokens < tk.CELL0 + tk.N_CELLS)
+        hot = F.one_hot((tokens - tk.CELL0).clamp(0, tk.N_CELLS - 1), tk.N_CELLS) * is_cell.unsqueeze(-1)
+        listed = hot.cumsum(1) > 0
+        if cache is not None:
+            listed = listed | cache.listed.unsqueeze(1)
+            cache.pending_listed = listed[:, -1]
+        near = F.max_pool2d(listed.float().view(b * t, 1, tk.GRID, tk.GRID), 3, 1, 1).view(b, t, tk.N_CELLS) > 0
+        return F.one_hot(2 - near.long() - listed.long(), 3).float()
 
     def logits(self, h: torch.Tensor, ptr_k: torch.Tensor, ad: Adapter | None, order: torch.Tensor | None = None) -> torch.Tensor:
         h = self.ln_f(h)
@@ -301,6 +318,8 @@ class KVCache:
         self._pending = 0
         self.last_cell = torch.full((batch,), -1)  # the last cell token decoded per row (-1: none yet)
         self.pending_last_cell: torch.Tensor | None = None
+        self.listed = torch.zeros(batch, tk.N_CELLS, dtype=torch.bool)  # cells listed so far per row (cfg.listed_bias)
+        self.pending_listed: torch.Tensor | None = None
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.shape[2]
@@ -314,6 +333,8 @@ class KVCache:
         self._pending = 0
         if self.pending_last_cell is not None:
             self.last_cell, self.pending_last_cell = self.pending_last_cell, None
+        if self.pending_listed is not None:
+            self.listed, self.pending_listed = self.pending_listed, None
 
 
 @dataclass

@@ -45,15 +45,26 @@ REPEAT_TARGETS = 0.5
 # Padded tokens per decoder chunk: the loss is the same for any chunking; 512 made a step of 32 scenes ×
 # 4 tasks 1.08 s instead of 1.69 s with 32-row chunks (this 2-core CPU, benchmarks/results/pretrain_speed.txt).
 CHUNK_TOKENS = 512
+# With ``Config.listed_bias``, this share of point / detect answers lists its items in a random order, so that
+# the model also learns to come back for a thing it skipped (the reading-order base stopped instead: 24 of the
+# 26 red things it missed in 150 scenes lay before a thing it listed; benchmarks/results/listed_bias.txt).
+SHUFFLE_ITEMS = 0.25
 CELL_RGB_WEIGHT = 4.0  # the colour's MSE falls to ≈0.01 within minutes; ×4 keeps it felt
 
 
-def example_tokens(frame: tk.Frame, request: dict[str, Any], answer: dict[str, Any], reasoning: bool) -> tuple[list[int], list[int], list[int]]:
-    """(input tokens, targets, grammar states); targets are -100 on the prompt."""
+def example_tokens(frame: tk.Frame, request: dict[str, Any], answer: dict[str, Any], reasoning: bool,
+                   shuffle: random.Random | None = None) -> tuple[list[int], list[int], list[int]]:
+    """(input tokens, targets, grammar states); targets are -100 on the prompt. With ``shuffle``, the
+    points / boxes of the answer come in a random order instead of reading order."""
     skill = request["skill"]
     prompt = tk.prompt_tokens(frame, request)
     output = {"objects": answer["boxes"]} if skill == "detect" else answer
     ans = tk.answer_tokens(frame, skill, output, reasoning=reasoning)
+    if shuffle is not None and skill in ("point", "detect"):
+        per = 2 if skill == "point" else 4
+        items = [ans[i:i + per] for i in range(0, len(ans) - 1, per)]
+        shuffle.shuffle(items)
+        ans = [t for item in items for t in item] + [tk.EOS]
     states = tk.states_for(skill, ans, reasoning=reasoning)
     seq = prompt + ans
     targets = [-100] * (len(prompt) - 1) + ans
@@ -110,7 +121,8 @@ def repeated_target(rng: random.Random, scene: sc.Scene) -> tuple[str | None, st
 
 
 def make_batch(rng: random.Random, n_images: int, tasks: int, max_objects: int, chunk_tokens: int = CHUNK_TOKENS,
-               shapes: tuple[str, ...] = sc.SHAPES, colours: tuple[str, ...] = tuple(sc.COLOURS)) -> dict[str, Any]:
+               shapes: tuple[str, ...] = sc.SHAPES, colours: tuple[str, ...] = tuple(sc.COLOURS),
+               shuffle_items: float = 0.0) -> dict[str, Any]:
     images, auxes, seqs, index = [], [], [], []
     skills, weights = zip(*SKILL_MIX)
     for i in range(n_images):
@@ -124,7 +136,8 @@ def make_batch(rng: random.Random, n_images: int, tasks: int, max_objects: int, 
             target = repeated_target(rng, scene) if skill in ("point", "detect") and rng.random() < REPEAT_TARGETS else None
             request, answer = sc.make_task(scene, skill, rng, shapes=shapes, colours=colours, target=target)
             reasoning = skill == "query" and rng.random() < 0.15
-            seqs.append(example_tokens(frame, request, answer, reasoning))
+            shuffle = rng if shuffle_items and skill in ("point", "detect") and rng.random() < shuffle_items else None
+            seqs.append(example_tokens(frame, request, answer, reasoning, shuffle))
             index.append(i)
     # Sorted by length and cut into chunks of at most ``chunk_tokens`` padded tokens: captions and
     # reasoning are 5–10× longer than the rest, and fixed 32-row chunks spent most of the decoder's time on padding.
@@ -256,8 +269,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="the per-cell head does not reconstruct each cell's mean colour "
                          "(purple is then learned less well; benchmarks/results/extra_colours.txt)")
     ap.add_argument("--no-order-bias", action="store_true",
-                    help="no learned attention and pointer biases for the cells before / at / after the last one listed "
-                         "(held-out purple is then learned less well; benchmarks/results/order_bias.txt)")
+                    help="no learned attention and pointer biases by what was listed (nor --no-listed-bias's); "
+                         "held-out purple is then learned less well (benchmarks/results/order_bias.txt)")
+    ap.add_argument("--no-listed-bias", action="store_true",
+                    help="the attention and pointer biases mark the cells before / at / after the last one listed, not "
+                         "the cells listed / next to a listed one / neither, and answers are taught in reading order only "
+                         "(the base then stops after skipping a thing; benchmarks/results/listed_bias.txt)")
     ap.add_argument("--basic-shapes", action="store_true",
                     help=f"draw only {', '.join(sc.SHAPES)}, not also {', '.join(sc.EXTRA_SHAPES)} "
                          "(the star then stays harder to learn; benchmarks/results/extra_shapes_12min.txt)")
@@ -267,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     colours = tuple(sc.COLOURS if args.basic_colours else sc.PRETRAINING_COLOURS)
-    cfg = Config(colours=len(colours), cell_rgb=not args.no_cell_rgb, order_bias=not args.no_order_bias)
+    cfg = Config(colours=len(colours), cell_rgb=not args.no_cell_rgb, order_bias=not args.no_order_bias,
+                 listed_bias=not (args.no_order_bias or args.no_listed_bias))
     model = VLM(cfg)
     if args.init:
         from .weights import load_base_into
@@ -297,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
             lm = torch.zeros(())
             la = aux_loss(model, model.encoder(b["images"], None), b["aux"], b["images"])
         else:
-            b = make_batch(rng, args.images, args.tasks, max_objects, shapes=shapes, colours=colours)
+            b = make_batch(rng, args.images, args.tasks, max_objects, shapes=shapes, colours=colours,
+                           shuffle_items=SHUFFLE_ITEMS if cfg.listed_bias else 0.0)
             lm, la = joint_losses(model, b)
         loss = lm + la
         opt.zero_grad(set_to_none=True)
