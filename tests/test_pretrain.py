@@ -8,9 +8,9 @@ import torch
 
 from moondream_nb.data import scenes as sc
 from moondream_nb.local import learning as L
+from moondream_nb.local import tokenizer as tk
 from moondream_nb.local.engine import Engine
 from moondream_nb.local.model import VLM, Config, preprocess
-from moondream_nb.local import tokenizer as tk
 from moondream_nb.local.pretrain import aux_loss, aux_targets, cell_colours, example_tokens, lm_loss, main, make_batch
 from moondream_nb.local.train import make_optimizer
 from moondream_nb.local.weights import read_meta, save_base
@@ -79,13 +79,13 @@ def test_shuffled_answers_teach_every_match_once_with_the_same_grammar(skill, pe
     # make_batch shuffles only when asked, and then only some answers: cells out of reading order
     kw = dict(shapes=sc.PRETRAINING_SHAPES, colours=tuple(sc.PRETRAINING_COLOURS))
 
-    def orders(shuffle_items):
+    def in_reading_order(shuffle_items):
         b = make_batch(random.Random(3), 24, 4, 6, shuffle_items=shuffle_items, **kw)
         answers = [c["targets"][r][c["targets"][r] != -100].tolist() for c in b["chunks"] for r in range(len(c["tokens"]))]
         cells = [[t for t in a if tk.CELL0 <= t < tk.CELL0 + tk.N_CELLS] for a in answers]
         return [c == sorted(c) for c in cells if len(set(c)) >= 2]
-    assert all(orders(0.0))
-    mixed = orders(0.5)
+    assert all(in_reading_order(0.0))
+    mixed = in_reading_order(0.5)
     assert 0 < mixed.count(False) < len(mixed)
 
 

@@ -13,10 +13,11 @@ Design (what made it learn on two CPU cores, see ``pretrain.py``):
   the decoder state against each cell's features (a pointer), and a cell token's input embedding
   is that cell's feature, so the next tokens (offset inside the cell, box width and height) and
   spatial references in prompts see what lies there. Answers list items in cell order (a quarter
-  of pretraining's in a random order), and a learned bias per attention head and on the pointer tells apart the
-  cells already listed, the cells next to one, and the rest, so "is there one more?" is one attention
-  over the cells not yet listed, and a thing skipped can still come next. (``listed_bias=False``: the
-  three biases are for the cells before, at and after the last one listed, as in weights before it.)
+  of pretraining's in a random order), and a learned bias per attention head and on the pointer
+  tells apart the cells already listed, the cells next to one, and the rest, so "is there one
+  more?" is one attention over the cells not yet listed, and a thing skipped can still come next.
+  (``listed_bias=False``: the three biases are for the cells before, at and after the last one
+  listed, as in weights before it.)
 - Every attention and MLP projection is a :class:`LoRALinear`; an :class:`Adapter` (rank 8–32)
   passed to ``forward`` adds its low-rank update, so one frozen base serves many finetunes.
 """
