@@ -79,18 +79,19 @@ def test_cached_greedy_decoding_matches_teacher_forcing(model, scene):
         assert argmax == sample.tokens
 
 
-def test_order_bias_follows_the_last_listed_cell_in_cached_and_teacher_forced_decoding(scene):
+def _greedy_cells_with_biases(scene, listed_bias: bool, ptr_bias: list[float], max_objects: int):
+    """Greedy cached decoding of "point at the circles" with strong order biases → (model, listed cells), after
+    checking that it equals teacher forcing and that gradients reach the biases."""
     torch.manual_seed(0)
-    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=2, order_bias=True, listed_bias=False)).eval()
+    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=2, order_bias=True, listed_bias=listed_bias)).eval()
     with torch.no_grad():
         model.cross_order.normal_(0, 2.0)
-        model.ptr_order.copy_(torch.tensor([-4.0, 0.0, 2.0]))  # strongly prefer cells after the last one listed
+        model.ptr_order.copy_(torch.tensor(ptr_bias))
     x, frame = preprocess(scene.image)
     mem = model.encode(x[None])
-    row = Row(0, tk.prompt_tokens(frame, {"skill": "point", "object": "circles"}), "point", temperature=0.0, max_objects=5)
+    row = Row(0, tk.prompt_tokens(frame, {"skill": "point", "object": "circles"}), "point", temperature=0.0,
+              max_objects=max_objects)
     tokens = generate(model, mem, [row, row])[0].tokens
-    cells = tokens[:-1:2] if tokens[-1] == tk.EOS else tokens[::2]
-    assert len(cells) >= 3 and cells == sorted(cells)
     seq = torch.tensor([row.prompt + tokens])
     logits = model(x[None], seq, torch.tensor([0]))
     states = tk.states_for("point", tokens)
@@ -98,27 +99,19 @@ def test_order_bias_follows_the_last_listed_cell_in_cached_and_teacher_forced_de
     assert [int((logits[0, p + k] + model.state_masks[states[k]]).argmax()) for k in range(len(tokens))] == tokens
     logits[0, p:].logsumexp(-1).sum().backward()
     assert model.cross_order.grad.abs().sum() > 0 and model.ptr_order.grad.abs().sum() > 0
+    return model, tokens[:-1:2] if tokens[-1] == tk.EOS else tokens[::2]
+
+
+def test_order_bias_follows_the_last_listed_cell_in_cached_and_teacher_forced_decoding(scene):
+    # Strongly prefer cells after the last one listed.
+    _, cells = _greedy_cells_with_biases(scene, False, [-4.0, 0.0, 2.0], max_objects=5)
+    assert len(cells) >= 3 and cells == sorted(cells)
 
 
 def test_listed_bias_marks_listed_cells_in_cached_and_teacher_forced_decoding(scene):
-    torch.manual_seed(0)
-    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=2, listed_bias=True)).eval()
-    with torch.no_grad():
-        model.cross_order.normal_(0, 2.0)
-        model.ptr_order.copy_(torch.tensor([-30.0, 0.0, 1.0]))  # a listed cell is never pointed at again
-    x, frame = preprocess(scene.image)
-    mem = model.encode(x[None])
-    row = Row(0, tk.prompt_tokens(frame, {"skill": "point", "object": "circles"}), "point", temperature=0.0, max_objects=6)
-    tokens = generate(model, mem, [row, row])[0].tokens
-    cells = tokens[:-1:2] if tokens[-1] == tk.EOS else tokens[::2]
+    # A listed cell is never pointed at again.
+    model, cells = _greedy_cells_with_biases(scene, True, [-30.0, 0.0, 1.0], max_objects=6)
     assert len(cells) >= 3 and len(set(cells)) == len(cells)  # greedy repeats its best cell unless the cache marks it
-    seq = torch.tensor([row.prompt + tokens])
-    logits = model(x[None], seq, torch.tensor([0]))
-    states = tk.states_for("point", tokens)
-    p = len(row.prompt) - 1
-    assert [int((logits[0, p + k] + model.state_masks[states[k]]).argmax()) for k in range(len(tokens))] == tokens
-    logits[0, p:].logsumexp(-1).sum().backward()
-    assert model.cross_order.grad.abs().sum() > 0 and model.ptr_order.grad.abs().sum() > 0
     # Categories: 0 listed, 1 next to a listed cell, 2 neither; a non-cell token keeps what was listed.
     order = model.order(torch.tensor([[tk.CELL0 + 13, 5, tk.CELL0 + 100]]), None)[0].argmax(-1)
     assert order[0, 13] == 0 and order[0, 14] == order[0, 0] == 1 and order[0, 100] == 2
