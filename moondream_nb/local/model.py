@@ -18,6 +18,10 @@ Design (what made it learn on two CPU cores, see ``pretrain.py``):
   more?" is one attention over the cells not yet listed, and a thing skipped can still come next.
   (``listed_bias=False``: the three biases are for the cells before, at and after the last one
   listed, as in weights before it.)
+- Between list items the logit of ending the list is one learned constant (``stop_pointer``), not a
+  reading of the decoder state: the list ends when no cell left scores above it. What an adapter
+  teaches the pointer about a new concept ("these cells are purple") then also decides whether one
+  more is left (``stop_pointer=False``: the vocabulary head's EOS logit, as in weights before it).
 - Every attention and MLP projection is a :class:`LoRALinear`; an :class:`Adapter` (rank 8–32)
   passed to ``forward`` adds its low-rank update, so one frozen base serves many finetunes.
 """
@@ -49,6 +53,7 @@ class Config:
     cell_rgb: bool = True  # the per-cell head also reconstructs each cell's mean colour (off: pretrain --no-cell-rgb)
     order_bias: bool = True  # learned cross-attention and pointer biases by where a cell stands to the cells listed (off: pretrain --no-order-bias)
     listed_bias: bool = True  # with order_bias: the biases mark cells listed / next to a listed one / neither, not before / at / after the last listed (off: pretrain --no-listed-bias)
+    stop_pointer: bool = True  # between list items, ending the list scores against the cells as one learned threshold (off: pretrain --no-stop-pointer)
 
     @classmethod
     def of(cls, saved: dict) -> "Config":
@@ -58,7 +63,7 @@ class Config:
 
 
 # What weights written before a field existed were trained with.
-LEGACY = {"colours": len(sc.COLOURS), "cell_rgb": False, "order_bias": False, "listed_bias": False}
+LEGACY = {"colours": len(sc.COLOURS), "cell_rgb": False, "order_bias": False, "listed_bias": False, "stop_pointer": False}
 
 
 class Adapter:
@@ -217,6 +222,8 @@ class VLM(nn.Module):
             # Biases (module docstring) for the cells listed / next to one / neither, or before / at / after the last listed.
             self.cross_order = nn.Parameter(torch.zeros(cfg.dec_layers, cfg.heads, 3))
             self.ptr_order = nn.Parameter(torch.zeros(3))
+        if cfg.stop_pointer:
+            self.ptr_stop = nn.Parameter(torch.zeros(()))  # the EOS logit between list items (module docstring)
         self.aux = nn.Linear(d, N_SHAPE_CLASSES + cfg.colours + 1 + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID
                              + 3 * cfg.cell_rgb)
         for name, mod in self.named_modules():
@@ -232,6 +239,14 @@ class VLM(nn.Module):
         width, height, column, row, and the cell's mean RGB in [-1, 1] (empty unless ``cfg.cell_rgb``)."""
         return self.aux(cells).split((N_SHAPE_CLASSES, self.cfg.colours + 1, tk.N_OFFS, tk.SIZE_BINS, tk.SIZE_BINS,
                                       tk.GRID, tk.GRID, 3 * self.cfg.cell_rgb), -1)
+
+    def masked(self, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """``logits [..., VOCAB]`` restricted to what the grammar allows in ``states [...]`` (others −1e9);
+        with ``cfg.stop_pointer`` the EOS logit between list items is the learned ``ptr_stop``."""
+        out = logits + self.state_masks[states]
+        if self.cfg.stop_pointer:
+            out[..., tk.EOS] = torch.where(states == tk.S_ITEM, self.ptr_stop, out[..., tk.EOS])
+        return out
 
     def lora_modules(self) -> dict[str, LoRALinear]:
         return {m.lora_name: m for m in self.modules() if isinstance(m, LoRALinear)}

@@ -164,7 +164,7 @@ def make_batch(rng: random.Random, n_images: int, tasks: int, max_objects: int, 
 
 def masked_ce(model: VLM, logits: torch.Tensor, targets: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
     """Cross-entropy over the tokens the grammar allows at each position (mean over answer tokens)."""
-    logits = logits + model.state_masks[states]
+    logits = model.masked(logits, states)
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
 
 
@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="the attention and pointer biases mark the cells before / at / after the last one listed, not "
                          "the cells listed / next to a listed one / neither, and answers are taught in reading order only "
                          "(the base then stops after skipping a thing; benchmarks/results/listed_bias.txt)")
+    ap.add_argument("--no-stop-pointer", action="store_true",
+                    help="between list items the vocabulary head's EOS logit ends the list, not one learned threshold "
+                         "the cells score against (benchmarks/results/stop_pointer.txt)")
     ap.add_argument("--basic-shapes", action="store_true",
                     help=f"draw only {', '.join(sc.SHAPES)}, not also {', '.join(sc.EXTRA_SHAPES)} "
                          "(the star then stays harder to learn; benchmarks/results/extra_shapes_12min.txt)")
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(args.seed)
     colours = tuple(sc.COLOURS if args.basic_colours else sc.PRETRAINING_COLOURS)
     cfg = Config(colours=len(colours), cell_rgb=not args.no_cell_rgb, order_bias=not args.no_order_bias,
-                 listed_bias=not (args.no_order_bias or args.no_listed_bias))
+                 listed_bias=not (args.no_order_bias or args.no_listed_bias), stop_pointer=not args.no_stop_pointer)
     model = VLM(cfg)
     if args.init:
         from .weights import load_base_into

@@ -98,7 +98,7 @@ def generate(model: VLM, memory: Memory, rows: list[Row], adapter: Adapter | Non
     done = [False] * n
     finish = ["length"] * n
     for t in range(steps):
-        masked = logits + model.state_masks[torch.tensor(states)]
+        masked = model.masked(logits, torch.tensor(states))
         toks = _pick(masked, temperature, top_p, generator).tolist()
         for i in range(n):
             if done[i]:

@@ -93,7 +93,7 @@ def token_logprobs(model: VLM, adapter: Adapter | None, images: torch.Tensor, b:
 
 def _masked_logp(model: VLM, adapter: Adapter | None, images: torch.Tensor, b: dict[str, torch.Tensor],
                  memory: Memory | None) -> torch.Tensor:
-    logits = model(images, b["tokens"], b["index"], adapter, memory=memory) + model.state_masks[b["states"]]
+    logits = model.masked(model(images, b["tokens"], b["index"], adapter, memory=memory), b["states"])
     return torch.log_softmax(logits, -1)
 
 
