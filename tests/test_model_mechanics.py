@@ -119,33 +119,6 @@ def test_listed_bias_marks_listed_cells_in_cached_and_teacher_forced_decoding(sc
     assert order[2, 100] == order[2, 13] == 0 and order[2, 101] == order[2, 88] == 1 and order[2, 50] == 2
 
 
-def test_stop_pointer_ends_lists_by_one_threshold_the_cells_score_against(scene):
-    torch.manual_seed(0)
-    model = VLM(SMALL).eval()
-    x, frame = preprocess(scene.image)
-    mem = model.encode(x[None])
-    point = Row(0, tk.prompt_tokens(frame, {"skill": "point", "object": "circles"}), "point", temperature=0.0, max_objects=4)
-    query = Row(0, tk.prompt_tokens(frame, {"skill": "query", "question": "How many circles?"}), "query", temperature=0.0,
-                max_tokens=6)
-    with torch.no_grad():
-        model.ptr_stop.fill_(50.0)  # above every cell: the list ends before its first item
-    high = generate(model, mem, [point, query])
-    with torch.no_grad():
-        model.ptr_stop.fill_(-50.0)  # below every cell: the list runs to max_objects
-    low = generate(model, mem, [point, query])
-    assert high[0].tokens == [tk.EOS] and high[0].finish_reason == "stop"
-    assert len(low[0].tokens) == 8 and tk.EOS not in low[0].tokens
-    assert high[1].tokens == low[1].tokens  # text answers end by the vocabulary head, not the threshold
-    # Training reaches the threshold only through the states between list items.
-    states = torch.tensor([tk.S_ITEM, tk.S_OFF, tk.S_ITEM, tk.S_TEXT])
-    logits = torch.randn(4, tk.VOCAB)
-    masked = model.masked(logits, states)
-    assert masked[[0, 2], tk.EOS].tolist() == [-50.0, -50.0] and masked[3, tk.EOS] == logits[3, tk.EOS]
-    assert masked[1, tk.EOS] < -1e8 and torch.equal(masked[0, tk.CELL0:tk.OFF0], logits[0, tk.CELL0:tk.OFF0])
-    torch.log_softmax(masked, -1)[[0, 2], tk.EOS].sum().backward()
-    assert model.ptr_stop.grad is not None and model.ptr_stop.grad != 0
-
-
 def test_sampling_respects_grammar_budgets_and_seed(model, scene):
     x, frame = preprocess(scene.image)
     mem = model.encode(x[None])

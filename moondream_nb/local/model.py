@@ -18,13 +18,6 @@ Design (what made it learn on two CPU cores, see ``pretrain.py``):
   more?" is one attention over the cells not yet listed, and a thing skipped can still come next.
   (``listed_bias=False``: the three biases are for the cells before, at and after the last one
   listed, as in weights before it.)
-- Between list items the logit of ending the list is one learned constant (``stop_pointer``), not a
-  reading of the decoder state: the list ends when no cell left scores above it. What an adapter
-  teaches the pointer about a new concept ("these cells are purple") then also decides whether one
-  more is left (``stop_pointer=False``: the vocabulary head's EOS logit, as in weights before it).
-  With ``list_query`` the pointer's query is the one at the prompt's end for the whole answer, so
-  which cells score above the threshold depends on the prompt, the cell and the listed biases only,
-  not on how many items came before.
 - Every attention and MLP projection is a :class:`LoRALinear`; an :class:`Adapter` (rank 8–32)
   passed to ``forward`` adds its low-rank update, so one frozen base serves many finetunes.
 """
@@ -56,8 +49,6 @@ class Config:
     cell_rgb: bool = True  # the per-cell head also reconstructs each cell's mean colour (off: pretrain --no-cell-rgb)
     order_bias: bool = True  # learned cross-attention and pointer biases by where a cell stands to the cells listed (off: pretrain --no-order-bias)
     listed_bias: bool = True  # with order_bias: the biases mark cells listed / next to a listed one / neither, not before / at / after the last listed (off: pretrain --no-listed-bias)
-    stop_pointer: bool = True  # between list items, ending the list scores against the cells as one learned threshold (off: pretrain --no-stop-pointer)
-    list_query: bool = True  # every answer position points with the pointer query of the prompt's end (off: pretrain --no-list-query)
 
     @classmethod
     def of(cls, saved: dict) -> "Config":
@@ -67,8 +58,7 @@ class Config:
 
 
 # What weights written before a field existed were trained with.
-LEGACY = {"colours": len(sc.COLOURS), "cell_rgb": False, "order_bias": False, "listed_bias": False, "stop_pointer": False,
-          "list_query": False}
+LEGACY = {"colours": len(sc.COLOURS), "cell_rgb": False, "order_bias": False, "listed_bias": False}
 
 
 class Adapter:
@@ -227,8 +217,6 @@ class VLM(nn.Module):
             # Biases (module docstring) for the cells listed / next to one / neither, or before / at / after the last listed.
             self.cross_order = nn.Parameter(torch.zeros(cfg.dec_layers, cfg.heads, 3))
             self.ptr_order = nn.Parameter(torch.zeros(3))
-        if cfg.stop_pointer:
-            self.ptr_stop = nn.Parameter(torch.zeros(()))  # the EOS logit between list items (module docstring)
         self.aux = nn.Linear(d, N_SHAPE_CLASSES + cfg.colours + 1 + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID
                              + 3 * cfg.cell_rgb)
         for name, mod in self.named_modules():
@@ -246,12 +234,8 @@ class VLM(nn.Module):
                                       tk.GRID, tk.GRID, 3 * self.cfg.cell_rgb), -1)
 
     def masked(self, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """``logits [..., VOCAB]`` restricted to what the grammar allows in ``states [...]`` (others −1e9);
-        with ``cfg.stop_pointer`` the EOS logit between list items is the learned ``ptr_stop``."""
-        out = logits + self.state_masks[states]
-        if self.cfg.stop_pointer:
-            out[..., tk.EOS] = torch.where(states == tk.S_ITEM, self.ptr_stop, out[..., tk.EOS])
-        return out
+        """``logits [..., VOCAB]`` with what the grammar forbids in ``states [...]`` at −1e9 (training and sampling alike)."""
+        return logits + self.state_masks[states]
 
     def lora_modules(self) -> dict[str, LoRALinear]:
         return {m.lora_name: m for m in self.modules() if isinstance(m, LoRALinear)}
@@ -297,26 +281,10 @@ class VLM(nn.Module):
         near = F.max_pool2d(listed.float().view(b * t, 1, tk.GRID, tk.GRID), 3, 1, 1).view(b, t, tk.N_CELLS) > 0
         return F.one_hot(2 - near.long() - listed.long(), 3).float()
 
-    def list_query(self, q: torch.Tensor, tokens: torch.Tensor, cache: "KVCache | None") -> torch.Tensor:
-        """Pointer queries ``q [B, T, d]`` with every position at or after the prompt's SEP replaced by the query there."""
-        b, t = tokens.shape
-        at = torch.where(tokens == tk.SEP, torch.arange(t).expand(b, t), -1).cummax(1).values
-        fixed = q.gather(1, at.clamp_min(0).unsqueeze(-1).expand_as(q))
-        has = at >= 0
-        if cache is not None:
-            fixed = torch.where(has.unsqueeze(-1), fixed, cache.query.unsqueeze(1))
-            has = has | cache.has_query.unsqueeze(1)
-            cache.pending_query = (fixed[:, -1], has[:, -1])
-        return torch.where(has.unsqueeze(-1), fixed, q)
-
-    def logits(self, h: torch.Tensor, ptr_k: torch.Tensor, ad: Adapter | None, order: torch.Tensor | None = None,
-               tokens: torch.Tensor | None = None, cache: "KVCache | None" = None) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, ptr_k: torch.Tensor, ad: Adapter | None, order: torch.Tensor | None = None) -> torch.Tensor:
         h = self.ln_f(h)
         out = self.head(h)
-        q = self.ptr_q(h, ad)
-        if self.cfg.list_query and tokens is not None:
-            q = self.list_query(q, tokens, cache)
-        ptr = torch.einsum("btd,bcd->btc", q, ptr_k) / math.sqrt(h.shape[-1])
+        ptr = torch.einsum("btd,bcd->btc", self.ptr_q(h, ad), ptr_k) / math.sqrt(h.shape[-1])
         if order is not None:
             ptr = ptr + order @ self.ptr_order  # products with one-hots: indexing the biases made a step's backward 1.6x slower
         return torch.cat([out[..., : tk.CELL0], ptr, out[..., tk.CELL0 + tk.N_CELLS:]], -1)
@@ -335,7 +303,7 @@ class VLM(nn.Module):
             cross_mask = None if order is None else torch.einsum("btck,hk->bhtc", order, self.cross_order[layer])
             x = x + blk.cross.attend(blk.ln2(x), ck, cv, ad, mask=cross_mask)
             x = x + blk.mlp(blk.ln3(x), ad)
-        return self.logits(x, m.ptr_k, ad, order, tokens, cache)
+        return self.logits(x, m.ptr_k, ad, order)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, image_index: torch.Tensor,
                 ad: Adapter | None = None, memory: "Memory | None" = None) -> torch.Tensor:
@@ -357,9 +325,6 @@ class KVCache:
         self.pending_last_cell: torch.Tensor | None = None
         self.listed = torch.zeros(batch, tk.N_CELLS, dtype=torch.bool)  # cells listed so far per row (cfg.listed_bias)
         self.pending_listed: torch.Tensor | None = None
-        self.query = torch.zeros(batch, heads * head_dim)  # the pointer query at the prompt's end (cfg.list_query)
-        self.has_query = torch.zeros(batch, dtype=torch.bool)
-        self.pending_query: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.shape[2]
@@ -375,8 +340,6 @@ class KVCache:
             self.last_cell, self.pending_last_cell = self.pending_last_cell, None
         if self.pending_listed is not None:
             self.listed, self.pending_listed = self.pending_listed, None
-        if self.pending_query is not None:
-            (self.query, self.has_query), self.pending_query = self.pending_query, None
 
 
 @dataclass
