@@ -234,7 +234,8 @@ class VLM(nn.Module):
                                       tk.GRID, tk.GRID, 3 * self.cfg.cell_rgb), -1)
 
     def masked(self, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """``logits [..., VOCAB]`` with what the grammar forbids in ``states [...]`` at −1e9 (training and sampling alike)."""
+        """``logits [..., VOCAB]`` with what the grammar forbids in ``states [...]`` pushed to −1e9
+        (training and sampling both mask through here)."""
         return logits + self.state_masks[states]
 
     def lora_modules(self) -> dict[str, LoRALinear]:
