@@ -1,13 +1,14 @@
 """Can the frozen encoder tell a held-out concept from what it was pretrained on? A linear probe.
 
-    python benchmarks/concept_probe.py [--concept star|purple] [--weights PATH ...] [--scenes 700]
+    python benchmarks/concept_probe.py [--concept star|purple] [--weights PATH ...] [--scenes 700] [--colour-code]
 
 For every object of fresh scenes that may hold the held-out concept (the star among all shapes, or
 purple among all colours), takes the encoder's feature of the cell the object's centre falls in,
 fits a logistic regression "concept or not" on the first 70 % and reports accuracy, recall and
 precision on the rest; also with only 120 and 400 training objects, about as many examples as a
 32-example SFT set shows. How well a LoRA can learn the concept is bounded by how separable it
-already is. A measurement, not a test.
+already is. ``--colour-code`` probes the pointer's fixed colour code of the same cells instead (no
+weights involved). A measurement, not a test.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import torch.nn.functional as F
 
 from moondream_nb.data import scenes as sc
 from moondream_nb.local import tokenizer as tk
-from moondream_nb.local.model import VLM, Config, preprocess
+from moondream_nb.local.model import VLM, Config, colour_code, preprocess
 from moondream_nb.local.weights import BASE, load_base_into, read_meta
 
 
-def features(model: VLM, concept: str, scenes: int, seed0: int = 5 * 10**9) -> tuple[torch.Tensor, torch.Tensor]:
+def features(model: VLM | None, concept: str, scenes: int, seed0: int = 5 * 10**9) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per object, the feature of its centre cell: the encoder's, or without a model the colour code."""
     xs, ys = [], []
     for k in range(scenes):
         if concept in sc.HELD_OUT_SHAPES:
@@ -32,7 +34,7 @@ def features(model: VLM, concept: str, scenes: int, seed0: int = 5 * 10**9) -> t
             scene = sc.make_scene(seed0 + k, colours=list(sc.ALL_COLOURS), n_objects=4)
         image, frame = preprocess(scene.image)
         with torch.no_grad():
-            cells = model.encoder(image[None], None)[0]
+            cells = colour_code(image[None])[0] if model is None else model.encoder(image[None], None)[0]
         for o in scene.objects:
             x = (frame.ox + o.centre[0] * frame.sw) / tk.RES
             y = (frame.oy + o.centre[1] * frame.sh) / tk.RES
@@ -65,7 +67,14 @@ def main() -> None:
     ap.add_argument("--concept", choices=sc.HELD_OUT_SHAPES + tuple(sc.HELD_OUT_COLOURS), default="star")
     ap.add_argument("--weights", nargs="+", default=[str(BASE)])
     ap.add_argument("--scenes", type=int, default=700)
+    ap.add_argument("--colour-code", action="store_true", help="probe the fixed colour code, not a model's encoder")
     args = ap.parse_args()
+    if args.colour_code:
+        x, y = features(None, args.concept, args.scenes)
+        n = int(0.7 * len(x))
+        for n_train in (120, 400, n):
+            print("colour code", probe(x, y, n_train, slice(n, None)), flush=True)
+        return
     for path in args.weights:
         torch.manual_seed(0)
         model = VLM(Config.of(read_meta(path).get("config", {})))

@@ -7,7 +7,7 @@ import torch
 
 from moondream_nb.data import scenes as sc
 from moondream_nb.local import tokenizer as tk
-from moondream_nb.local.model import VLM, Adapter, Config, preprocess
+from moondream_nb.local.model import VLM, Adapter, Config, colour_code, preprocess
 from moondream_nb.local.sampler import Row, generate
 from moondream_nb.local.train import (ANCHORS_PER_IMAGE, Example, RLGroup, anchors, load_state_tensors, make_optimizer,
                                       retention_kl, state_tensors, train_step)
@@ -79,11 +79,12 @@ def test_cached_greedy_decoding_matches_teacher_forcing(model, scene):
         assert argmax == sample.tokens
 
 
-def _greedy_cells_with_biases(scene, listed_bias: bool, ptr_bias: list[float], max_objects: int):
+def _greedy_cells_with_biases(scene, listed_bias: bool, ptr_bias: list[float], max_objects: int, listed_mask: bool = False):
     """Greedy cached decoding of "point at the circles" with strong order biases → (model, listed cells), after
     checking that it equals teacher forcing and that gradients reach the biases."""
     torch.manual_seed(0)
-    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=2, order_bias=True, listed_bias=listed_bias)).eval()
+    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=2, order_bias=True, listed_bias=listed_bias,
+                       listed_mask=listed_mask)).eval()
     with torch.no_grad():
         model.cross_order.normal_(0, 2.0)
         model.ptr_order.copy_(torch.tensor(ptr_bias))
@@ -117,6 +118,50 @@ def test_listed_bias_marks_listed_cells_in_cached_and_teacher_forced_decoding(sc
     assert order[0, 13] == 0 and order[0, 14] == order[0, 0] == 1 and order[0, 100] == 2
     assert order[1, 13] == 0 and order[1, 100] == 2
     assert order[2, 100] == order[2, 13] == 0 and order[2, 101] == order[2, 88] == 1 and order[2, 50] == 2
+
+
+def test_listed_mask_shuts_listed_cells_except_a_target_that_lists_one_twice(scene):
+    # A pointer bias that favours the listed cells cannot make greedy decoding select one again.
+    model, cells = _greedy_cells_with_biases(scene, True, [30.0, 0.0, 1.0], max_objects=6, listed_mask=True)
+    assert len(cells) >= 3 and len(set(cells)) == len(cells)
+    # Teacher-forced (train steps, pretraining), a target with two things centred in one cell keeps that cell
+    # open where it comes again, so its loss stays finite; every other listed cell stays shut.
+    x, frame = preprocess(scene.image)
+    prompt = tk.prompt_tokens(frame, {"skill": "point", "object": "circles"})
+    answer = [tk.CELL0 + 13, tk.OFF0, tk.CELL0 + 40, tk.OFF0, tk.CELL0 + 13, tk.OFF0, tk.EOS]
+    with torch.no_grad():
+        logits = model(x[None], torch.tensor([prompt + answer]), torch.tensor([0]))[0, len(prompt) - 1:]
+    ptr = logits[:, tk.CELL0:tk.OFF0]
+    assert ptr[4, 13] > -1e3 and ptr[4, 40] < -1e8  # before the second 13: 13 open, 40 shut
+    assert ptr[2, 13] < -1e8 and ptr[6, 13] < -1e8 and ptr[6, 40] < -1e8  # elsewhere both shut once listed
+    assert ptr[0].max() > -1e3 and (ptr[0] > -1e3).all()
+
+
+def test_stop_pointer_ends_lists_by_one_threshold_the_cells_score_against(scene):
+    torch.manual_seed(0)
+    model = VLM(SMALL).eval()
+    x, frame = preprocess(scene.image)
+    mem = model.encode(x[None])
+    point = Row(0, tk.prompt_tokens(frame, {"skill": "point", "object": "circles"}), "point", temperature=0.0, max_objects=4)
+    query = Row(0, tk.prompt_tokens(frame, {"skill": "query", "question": "How many circles?"}), "query", temperature=0.0,
+                max_tokens=6)
+    with torch.no_grad():
+        model.ptr_stop.fill_(50.0)  # above every cell: the list ends before its first item
+    high = generate(model, mem, [point, query])
+    with torch.no_grad():
+        model.ptr_stop.fill_(-50.0)  # below every cell: the list runs to max_objects
+    low = generate(model, mem, [point, query])
+    assert high[0].tokens == [tk.EOS] and high[0].finish_reason == "stop"
+    assert len(low[0].tokens) == 8 and tk.EOS not in low[0].tokens
+    assert high[1].tokens == low[1].tokens  # text answers end by the vocabulary head, not the threshold
+    # Training reaches the threshold only through the states between list items.
+    states = torch.tensor([tk.S_ITEM, tk.S_OFF, tk.S_ITEM, tk.S_TEXT])
+    logits = torch.randn(4, tk.VOCAB)
+    masked = model.masked(logits, states)
+    assert masked[[0, 2], tk.EOS].tolist() == [-50.0, -50.0] and masked[3, tk.EOS] == logits[3, tk.EOS]
+    assert masked[1, tk.EOS] < -1e8 and torch.equal(masked[0, tk.CELL0:tk.OFF0], logits[0, tk.CELL0:tk.OFF0])
+    torch.log_softmax(masked, -1)[[0, 2], tk.EOS].sum().backward()
+    assert model.ptr_stop.grad is not None and model.ptr_stop.grad != 0
 
 
 def test_sampling_respects_grammar_budgets_and_seed(model, scene):
@@ -210,3 +255,15 @@ def test_retention_anchors_ask_about_known_concepts_the_step_does_not(model, sce
     assert steps[0].extra["retain_kl"] == pytest.approx(0.0, abs=1e-6) and steps[-1].extra["retain_kl"] > 0
     off = train_step(model, adapter, opt, images, [], [Example(0, frame, req, good)], lr=1e-2, retain_coef=0.0)
     assert "retain_kl" not in off.extra
+
+
+def test_colour_code_keeps_the_held_out_colour_apart_from_every_pretraining_colour():
+    # The pointer's fixed colour code is what lets an adapter select purple cells without blue or white ones.
+    def code(rgb):
+        image = torch.tensor(rgb, dtype=torch.float32).div(127.5).sub(1.0).view(1, 3, 1, 1).expand(1, 3, tk.RES, tk.RES)
+        c = colour_code(image)[0, 0]
+        return c / c.norm()
+    purple = code(sc.HELD_OUT_COLOURS["purple"])
+    for name, rgb in sc.PRETRAINING_COLOURS.items():
+        assert float(purple @ code(rgb)) < 0.3, name
+    assert float(purple @ code((160, 55, 190))) > 0.9  # a slightly different purple still reads as purple

@@ -89,14 +89,17 @@ def test_shuffled_answers_teach_every_match_once_with_the_same_grammar(skill, pe
     assert 0 < mixed.count(False) < len(mixed)
 
 
-@pytest.mark.parametrize("flags", [[], ["--no-listed-bias"], ["--basic-colours", "--no-cell-rgb", "--no-order-bias"]])
+@pytest.mark.parametrize("flags", [[], ["--no-listed-bias"], ["--basic-colours", "--no-cell-rgb", "--no-order-bias",
+                                                                   "--no-stop-pointer", "--no-list-query", "--no-colour-code"]])
 def test_pretrain_writes_weights_the_engine_loads_and_trains(tmp_path, flags):
     out = tmp_path / "base.safetensors"
     main(["--out", str(out), "--minutes", "0.05", "--warmup-minutes", "0.02", "--images", "4", "--tasks", "2",
           "--eval-scenes", "4", "--threads", "1", *flags])
     basic = "--basic-colours" in flags
     colours = tuple(sc.COLOURS if basic else sc.PRETRAINING_COLOURS)
-    expect = {"colours": len(colours), "cell_rgb": not basic, "order_bias": not basic, "listed_bias": not flags}
+    expect = {"colours": len(colours), "cell_rgb": not basic, "order_bias": not basic, "listed_bias": not flags,
+              "stop_pointer": not basic, "list_query": not basic, "listed_mask": not flags,
+              "colour_code": not basic}
     meta = read_meta(out)
     assert {k: meta["config"][k] for k in expect} == expect
     assert meta["step"] > 0
@@ -111,15 +114,24 @@ def test_pretrain_writes_weights_the_engine_loads_and_trains(tmp_path, flags):
 
 
 def test_weights_written_before_later_config_fields_still_load(tmp_path):
-    # Files from before `colours`, `cell_rgb`, `order_bias` and `listed_bias` existed hold none of them in their meta.
+    # Files from before `colours`, `cell_rgb`, `order_bias`, `listed_bias` and `stop_pointer` existed hold none of them.
     model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=1, colours=len(sc.COLOURS), cell_rgb=False, order_bias=False,
-                       listed_bias=False))
+                       listed_bias=False, stop_pointer=False, list_query=False,
+                       listed_mask=False, colour_code=False))
     out = tmp_path / "old.safetensors"
     save_base(model, out, {"config": {"d": 64, "heads": 2, "enc_layers": 1, "dec_layers": 1, "mlp": 4, "max_len": 320}, "step": 1})
     engine = Engine(str(out))
     assert engine.model.cfg == model.cfg and engine.model.colour_names == tuple(sc.COLOURS)
     # The reading-order weights shipped before `listed_bias`: order biases, read as before / at / after.
-    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=1, listed_bias=False))
+    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=1, listed_bias=False, stop_pointer=False, list_query=False,
+                       listed_mask=False, colour_code=False))
     save_base(model, out, {"config": {"d": 64, "heads": 2, "enc_layers": 1, "dec_layers": 1, "mlp": 4, "max_len": 320,
                                       "colours": len(sc.PRETRAINING_COLOURS), "cell_rgb": True, "order_bias": True}, "step": 1})
+    assert Engine(str(out)).model.cfg == model.cfg
+    # The listed-cell weights shipped before `stop_pointer`: the vocabulary head ends their lists.
+    model = VLM(Config(d=64, heads=2, enc_layers=1, dec_layers=1, stop_pointer=False, list_query=False, listed_mask=False,
+                       colour_code=False))
+    save_base(model, out, {"config": {"d": 64, "heads": 2, "enc_layers": 1, "dec_layers": 1, "mlp": 4, "max_len": 320,
+                                      "colours": len(sc.PRETRAINING_COLOURS), "cell_rgb": True, "order_bias": True,
+                                      "listed_bias": True}, "step": 1})
     assert Engine(str(out)).model.cfg == model.cfg

@@ -18,6 +18,18 @@ Design (what made it learn on two CPU cores, see ``pretrain.py``):
   more?" is one attention over the cells not yet listed, and a thing skipped can still come next.
   (``listed_bias=False``: the three biases are for the cells before, at and after the last one
   listed, as in weights before it.)
+- Between list items the logit of ending the list is one learned constant (``stop_pointer``), not a
+  reading of the decoder state: the list ends when no cell left scores above it. What an adapter
+  teaches the pointer about a new concept ("these cells are purple") then also decides whether one
+  more is left (``stop_pointer=False``: the vocabulary head's EOS logit, as in weights before it).
+  With ``list_query`` the pointer's query is the one at the prompt's end for the whole answer, so
+  which cells score above the threshold depends on the prompt, the cell and the listed biases only,
+  not on how many items came before. With ``listed_mask`` a cell already listed cannot be selected
+  again at all (a learned bias could not hold one down once an adapter raised its score).
+- With ``colour_code`` the pointer also scores each cell's mean colour as a fixed code of Gaussian
+  bumps in RGB, weighted by a second part of its query. Pretraining blurs the hues it never names
+  in the encoder's features; it cannot blur the code, so an adapter that learns a new colour only
+  has to learn where purple lies in the code (``benchmarks/results/colour_code.txt``).
 - Every attention and MLP projection is a :class:`LoRALinear`; an :class:`Adapter` (rank 8–32)
   passed to ``forward`` adds its low-rank update, so one frozen base serves many finetunes.
 """
@@ -36,6 +48,20 @@ from . import tokenizer as tk
 
 N_SHAPE_CLASSES = len(sc.PRETRAINING_SHAPES) + 1  # every shape pretraining may draw + "none"
 
+# The colour code: Gaussian bumps on a 4×4×4 grid of the RGB cube, σ a half grid step. Fixed, never
+# learned: pretraining tunes the encoder to the colours it names and blurs the hues between them, but
+# it cannot blur this code, so an adapter can still pick out a colour pretraining never named.
+_LEVELS = torch.linspace(-1.0, 1.0, 4)
+CODE_CENTRES = torch.cartesian_prod(_LEVELS, _LEVELS, _LEVELS)  # [64, 3]
+CODE_SIGMA = 1.0 / 3.0
+
+
+def colour_code(images: torch.Tensor) -> torch.Tensor:
+    """``[B, cells, 64]``: each cell's mean colour (images in [-1, 1]) as Gaussian bumps around ``CODE_CENTRES``."""
+    rgb = F.avg_pool2d(images, images.shape[-1] // tk.GRID).flatten(2).transpose(1, 2)
+    d2 = (rgb.unsqueeze(2) - CODE_CENTRES).pow(2).sum(-1)
+    return torch.exp(-d2 / (2 * CODE_SIGMA**2))
+
 
 @dataclass(frozen=True)
 class Config:
@@ -49,6 +75,10 @@ class Config:
     cell_rgb: bool = True  # the per-cell head also reconstructs each cell's mean colour (off: pretrain --no-cell-rgb)
     order_bias: bool = True  # learned cross-attention and pointer biases by where a cell stands to the cells listed (off: pretrain --no-order-bias)
     listed_bias: bool = True  # with order_bias: the biases mark cells listed / next to a listed one / neither, not before / at / after the last listed (off: pretrain --no-listed-bias)
+    stop_pointer: bool = True  # between list items, ending the list scores against the cells as one learned threshold (off: pretrain --no-stop-pointer)
+    list_query: bool = True  # every answer position points with the pointer query of the prompt's end (off: pretrain --no-list-query)
+    listed_mask: bool = True  # with listed_bias: the pointer never selects a cell already listed (off: pretrain --no-listed-mask)
+    colour_code: bool = True  # the pointer also scores each cell's fixed colour code (off: pretrain --no-colour-code)
 
     @classmethod
     def of(cls, saved: dict) -> "Config":
@@ -58,7 +88,8 @@ class Config:
 
 
 # What weights written before a field existed were trained with.
-LEGACY = {"colours": len(sc.COLOURS), "cell_rgb": False, "order_bias": False, "listed_bias": False}
+LEGACY = {"colours": len(sc.COLOURS), "cell_rgb": False, "order_bias": False, "listed_bias": False, "stop_pointer": False,
+          "list_query": False, "listed_mask": False, "colour_code": False}
 
 
 class Adapter:
@@ -210,13 +241,17 @@ class VLM(nn.Module):
         self.head = nn.Linear(d, tk.VOCAB)
         self.ptr_q = LoRALinear(d, d)
         self.ptr_k = nn.Linear(d, d)
+        if cfg.colour_code:
+            self.ptr_code = LoRALinear(d, len(CODE_CENTRES))  # the query's weight on each bump of the colour code
         # Per-cell head (trained in pretraining only): shape, colour, offset, width, height of the
         # object centred there, the cell's own column and row, and with ``cell_rgb`` its mean colour.
         self.colour_names = tuple(sc.PRETRAINING_COLOURS)[: cfg.colours]
         if cfg.order_bias:
             # Biases (module docstring) for the cells listed / next to one / neither, or before / at / after the last listed.
             self.cross_order = nn.Parameter(torch.zeros(cfg.dec_layers, cfg.heads, 3))
-            self.ptr_order = nn.Parameter(torch.zeros(3))
+            self.ptr_order = nn.Parameter(torch.zeros(3))  # with listed_mask the "listed" entry is masked over
+        if cfg.stop_pointer:
+            self.ptr_stop = nn.Parameter(torch.zeros(()))  # the EOS logit between list items (module docstring)
         self.aux = nn.Linear(d, N_SHAPE_CLASSES + cfg.colours + 1 + tk.N_OFFS + 2 * tk.SIZE_BINS + 2 * tk.GRID
                              + 3 * cfg.cell_rgb)
         for name, mod in self.named_modules():
@@ -234,9 +269,17 @@ class VLM(nn.Module):
                                       tk.GRID, tk.GRID, 3 * self.cfg.cell_rgb), -1)
 
     def masked(self, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-        """``logits [..., VOCAB]`` with what the grammar forbids in ``states [...]`` pushed to −1e9
-        (training and sampling both mask through here)."""
-        return logits + self.state_masks[states]
+        """``logits [..., VOCAB]`` restricted to what the grammar allows in ``states [...]`` (others −1e9);
+        with ``cfg.stop_pointer`` the EOS logit between list items is the learned ``ptr_stop``."""
+        out = logits + self.state_masks[states]
+        if self.cfg.stop_pointer:
+            out[..., tk.EOS] = torch.where(states == tk.S_ITEM, self.ptr_stop, out[..., tk.EOS])
+        return out
+
+    @property
+    def query_dim(self) -> int:
+        """Width of the pointer's query: the key query, then with ``cfg.colour_code`` the colour-code weights."""
+        return self.cfg.d + len(CODE_CENTRES) * self.cfg.colour_code
 
     def lora_modules(self) -> dict[str, LoRALinear]:
         return {m.lora_name: m for m in self.modules() if isinstance(m, LoRALinear)}
@@ -246,7 +289,7 @@ class VLM(nn.Module):
     def encode(self, images: torch.Tensor, ad: Adapter | None = None) -> "Memory":
         mem = self.encoder(images, ad)
         kv = [blk.cross.kv(mem, ad) for blk in self.blocks]
-        return Memory(mem, kv, self.ptr_k(mem))
+        return Memory(mem, kv, self.ptr_k(mem), colour_code(images) if self.cfg.colour_code else None)
 
     def embed(self, tokens: torch.Tensor, mem: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         x = self.tok(tokens) + self.pos(positions)
@@ -282,12 +325,46 @@ class VLM(nn.Module):
         near = F.max_pool2d(listed.float().view(b * t, 1, tk.GRID, tk.GRID), 3, 1, 1).view(b, t, tk.N_CELLS) > 0
         return F.one_hot(2 - near.long() - listed.long(), 3).float()
 
-    def logits(self, h: torch.Tensor, ptr_k: torch.Tensor, ad: Adapter | None, order: torch.Tensor | None = None) -> torch.Tensor:
+    def list_query(self, q: torch.Tensor, tokens: torch.Tensor, cache: "KVCache | None") -> torch.Tensor:
+        """Pointer queries ``q [B, T, query_dim]`` with every position at or after the prompt's SEP replaced by the query there."""
+        b, t = tokens.shape
+        at = torch.where(tokens == tk.SEP, torch.arange(t).expand(b, t), -1).cummax(1).values
+        fixed = q.gather(1, at.clamp_min(0).unsqueeze(-1).expand_as(q))
+        has = at >= 0
+        if cache is not None:
+            fixed = torch.where(has.unsqueeze(-1), fixed, cache.query.unsqueeze(1))
+            has = has | cache.has_query.unsqueeze(1)
+            cache.pending_query = (fixed[:, -1], has[:, -1])
+        return torch.where(has.unsqueeze(-1), fixed, q)
+
+    def relisted(self, order: torch.Tensor, tokens: torch.Tensor | None, cache: "KVCache | None") -> torch.Tensor:
+        """``[B, T, cells]``: the cells already listed, which the pointer may not select again. Teacher-forced
+        (no cache), a target that lists a cell twice (two things centred in one cell) keeps its own cell open."""
+        listed = order[..., 0] > 0
+        if cache is None and tokens is not None:
+            nxt = tokens[:, 1:] - tk.CELL0
+            is_cell = (nxt >= 0) & (nxt < tk.N_CELLS)
+            target = F.one_hot(nxt.clamp(0, tk.N_CELLS - 1), tk.N_CELLS).bool() & is_cell.unsqueeze(-1)
+            listed = torch.cat([listed[:, :-1] & ~target, listed[:, -1:]], 1)
+        return listed
+
+    def logits(self, h: torch.Tensor, m: "Memory", ad: Adapter | None, order: torch.Tensor | None = None,
+               tokens: torch.Tensor | None = None, cache: "KVCache | None" = None) -> torch.Tensor:
         h = self.ln_f(h)
         out = self.head(h)
-        ptr = torch.einsum("btd,bcd->btc", self.ptr_q(h, ad), ptr_k) / math.sqrt(h.shape[-1])
+        d = h.shape[-1]
+        q = self.ptr_q(h, ad)
+        if self.cfg.colour_code:
+            q = torch.cat([q, self.ptr_code(h, ad)], -1)
+        if self.cfg.list_query and tokens is not None:
+            q = self.list_query(q, tokens, cache)
+        ptr = torch.einsum("btd,bcd->btc", q[..., :d], m.ptr_k) / math.sqrt(d)
+        if self.cfg.colour_code:
+            ptr = ptr + torch.einsum("btk,bck->btc", q[..., d:], m.code)
         if order is not None:
             ptr = ptr + order @ self.ptr_order  # products with one-hots: indexing the biases made a step's backward 1.6x slower
+            if self.cfg.listed_bias and self.cfg.listed_mask:
+                ptr = ptr.masked_fill(self.relisted(order, tokens, cache), -1e9)
         return torch.cat([out[..., : tk.CELL0], ptr, out[..., tk.CELL0 + tk.N_CELLS:]], -1)
 
     def decode(self, tokens: torch.Tensor, m: "Memory", ad: Adapter | None, positions: torch.Tensor,
@@ -304,7 +381,7 @@ class VLM(nn.Module):
             cross_mask = None if order is None else torch.einsum("btck,hk->bhtc", order, self.cross_order[layer])
             x = x + blk.cross.attend(blk.ln2(x), ck, cv, ad, mask=cross_mask)
             x = x + blk.mlp(blk.ln3(x), ad)
-        return self.logits(x, m.ptr_k, ad, order)
+        return self.logits(x, m, ad, order, tokens, cache)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, image_index: torch.Tensor,
                 ad: Adapter | None = None, memory: "Memory | None" = None) -> torch.Tensor:
@@ -317,7 +394,7 @@ class VLM(nn.Module):
 class KVCache:
     """Preallocated self-attention keys/values for incremental decoding."""
 
-    def __init__(self, layers: int, batch: int, heads: int, length: int, head_dim: int):
+    def __init__(self, layers: int, batch: int, heads: int, length: int, head_dim: int, query_dim: int | None = None):
         self.k = torch.zeros(layers, batch, heads, length, head_dim)
         self.v = torch.zeros(layers, batch, heads, length, head_dim)
         self.len = 0
@@ -326,6 +403,9 @@ class KVCache:
         self.pending_last_cell: torch.Tensor | None = None
         self.listed = torch.zeros(batch, tk.N_CELLS, dtype=torch.bool)  # cells listed so far per row (cfg.listed_bias)
         self.pending_listed: torch.Tensor | None = None
+        self.query = torch.zeros(batch, query_dim or heads * head_dim)  # the pointer query at the prompt's end (cfg.list_query)
+        self.has_query = torch.zeros(batch, dtype=torch.bool)
+        self.pending_query: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         t = k.shape[2]
@@ -341,18 +421,22 @@ class KVCache:
             self.last_cell, self.pending_last_cell = self.pending_last_cell, None
         if self.pending_listed is not None:
             self.listed, self.pending_listed = self.pending_listed, None
+        if self.pending_query is not None:
+            (self.query, self.has_query), self.pending_query = self.pending_query, None
 
 
 @dataclass
 class Memory:
-    """Encoded images: cell features, per-layer cross-attention keys/values, pointer keys."""
+    """Encoded images: cell features, per-layer cross-attention keys/values, pointer keys, colour code (or None)."""
 
     cells: torch.Tensor
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     ptr_k: torch.Tensor
+    code: torch.Tensor | None = None
 
     def select(self, index: torch.Tensor) -> "Memory":
-        return Memory(self.cells[index], [(k[index], v[index]) for k, v in self.kv], self.ptr_k[index])
+        return Memory(self.cells[index], [(k[index], v[index]) for k, v in self.kv], self.ptr_k[index],
+                      None if self.code is None else self.code[index])
 
 
 def preprocess(image) -> tuple[torch.Tensor, tk.Frame]:

@@ -275,6 +275,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="the attention and pointer biases mark the cells before / at / after the last one listed, not "
                          "the cells listed / next to a listed one / neither, and answers are taught in reading order only "
                          "(the base then stops after skipping a thing; benchmarks/results/listed_bias.txt)")
+    ap.add_argument("--no-stop-pointer", action="store_true",
+                    help="between list items the vocabulary head's EOS logit ends the list, not one learned threshold "
+                         "the cells score against (benchmarks/results/stop_pointer.txt)")
+    ap.add_argument("--no-list-query", action="store_true",
+                    help="the pointer's query follows the decoder state through the answer, not the prompt's end")
+    ap.add_argument("--no-listed-mask", action="store_true",
+                    help="a learned pointer bias holds down the cells already listed, not a mask "
+                         "(adapters then list a new concept's things twice; benchmarks/results/stop_pointer.txt)")
+    ap.add_argument("--no-colour-code", action="store_true",
+                    help="the pointer scores the cells' encoder features only, not also their fixed colour code")
     ap.add_argument("--basic-shapes", action="store_true",
                     help=f"draw only {', '.join(sc.SHAPES)}, not also {', '.join(sc.EXTRA_SHAPES)} "
                          "(the star then stays harder to learn; benchmarks/results/extra_shapes_12min.txt)")
@@ -285,7 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(args.seed)
     colours = tuple(sc.COLOURS if args.basic_colours else sc.PRETRAINING_COLOURS)
     cfg = Config(colours=len(colours), cell_rgb=not args.no_cell_rgb, order_bias=not args.no_order_bias,
-                 listed_bias=not (args.no_order_bias or args.no_listed_bias))
+                 listed_bias=not (args.no_order_bias or args.no_listed_bias), stop_pointer=not args.no_stop_pointer,
+                 list_query=not args.no_list_query,
+                 listed_mask=not (args.no_order_bias or args.no_listed_bias or args.no_listed_mask),
+                 colour_code=not args.no_colour_code)
     model = VLM(cfg)
     if args.init:
         from .weights import load_base_into

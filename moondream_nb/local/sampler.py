@@ -87,7 +87,7 @@ def generate(model: VLM, memory: Memory, rows: list[Row], adapter: Adapter | Non
     eye = torch.eye(plen, dtype=torch.bool)
     mask = ((causal & key_ok[:, None, :plen]) | eye).unsqueeze(1)
     cfg = model.cfg
-    cache = KVCache(cfg.dec_layers, n, cfg.heads, plen + steps, cfg.d // cfg.heads)
+    cache = KVCache(cfg.dec_layers, n, cfg.heads, plen + steps, cfg.d // cfg.heads, model.query_dim)
     logits = model.decode(prompt, m, adapter, positions, cache, mask)[:, -1]
     cache.commit()
     temperature = torch.tensor([float(r.temperature) for r in rows])
