@@ -267,3 +267,33 @@ def test_colour_code_keeps_the_held_out_colour_apart_from_every_pretraining_colo
     for name, rgb in sc.PRETRAINING_COLOURS.items():
         assert float(purple @ code(rgb)) < 0.3, name
     assert float(purple @ code((160, 55, 190))) > 0.9  # a slightly different purple still reads as purple
+
+
+def test_pointer_query_on_the_colour_code_selects_cells_of_that_colour_and_adapters_reach_it():
+    torch.manual_seed(0)
+    model = VLM(SMALL).eval()
+    scene = sc.make_scene(5, include=[("purple", "square")], colours=list(sc.ALL_COLOURS), n_objects=3, size=(240, 240))
+    boxes = [o.box for o in scene.objects if o.colour == "purple"]
+    x, frame = preprocess(scene.image)
+    purple = colour_code(torch.tensor(sc.HELD_OUT_COLOURS["purple"], dtype=torch.float32).div(127.5).sub(1.0)
+                         .view(1, 3, 1, 1).expand(1, 3, tk.RES, tk.RES))[0, 0]
+    tokens = torch.tensor([tk.prompt_tokens(frame, {"skill": "point", "object": "thing"})])
+
+    def first_cell(ad=None) -> int:
+        logits = model(x[None], tokens, torch.tensor([0]), ad)[0, -1, tk.CELL0:tk.CELL0 + tk.N_CELLS]
+        return int(logits.argmax())
+
+    with torch.no_grad():
+        model.ptr_code.bias.copy_(40.0 * purple / purple.norm())  # a query that asks for purple in the code
+        cell = first_cell()
+    cx = ((cell % tk.GRID + 0.5) * tk.RES / tk.GRID - frame.ox) / frame.sw
+    cy = ((cell // tk.GRID + 0.5) * tk.RES / tk.GRID - frame.oy) / frame.sh
+    assert any(b[0] <= cx <= b[2] and b[1] <= cy <= b[3] for b in boxes), (cell, boxes)
+    with torch.no_grad():
+        model.ptr_code.bias.zero_()
+        assert first_cell() != cell  # without the code's query the random pointer picks elsewhere
+    # An adapter learns the same query through the LoRA on ptr_code: its gradient arrives there.
+    ad = Adapter(model, 8)
+    logits = model(x[None], tokens, torch.tensor([0]), ad)[0, -1]
+    torch.log_softmax(logits, -1)[tk.CELL0 + cell].backward()
+    assert ad.params["ptr_code"][1].grad.abs().sum() > 0

@@ -394,7 +394,7 @@ class VLM(nn.Module):
 class KVCache:
     """Preallocated self-attention keys/values for incremental decoding."""
 
-    def __init__(self, layers: int, batch: int, heads: int, length: int, head_dim: int, query_dim: int | None = None):
+    def __init__(self, layers: int, batch: int, heads: int, length: int, head_dim: int, query_dim: int):
         self.k = torch.zeros(layers, batch, heads, length, head_dim)
         self.v = torch.zeros(layers, batch, heads, length, head_dim)
         self.len = 0
@@ -403,7 +403,7 @@ class KVCache:
         self.pending_last_cell: torch.Tensor | None = None
         self.listed = torch.zeros(batch, tk.N_CELLS, dtype=torch.bool)  # cells listed so far per row (cfg.listed_bias)
         self.pending_listed: torch.Tensor | None = None
-        self.query = torch.zeros(batch, query_dim or heads * head_dim)  # the pointer query at the prompt's end (cfg.list_query)
+        self.query = torch.zeros(batch, query_dim)  # the pointer query at the prompt's end (cfg.list_query)
         self.has_query = torch.zeros(batch, dtype=torch.bool)
         self.pending_query: tuple[torch.Tensor, torch.Tensor] | None = None
 
