@@ -257,16 +257,19 @@ def test_retention_anchors_ask_about_known_concepts_the_step_does_not(model, sce
     assert "retain_kl" not in off.extra
 
 
+def _unit_code(rgb) -> torch.Tensor:
+    """The colour code of an image of one colour, unit length."""
+    image = torch.tensor(rgb, dtype=torch.float32).div(127.5).sub(1.0).view(1, 3, 1, 1).expand(1, 3, tk.RES, tk.RES)
+    c = colour_code(image)[0, 0]
+    return c / c.norm()
+
+
 def test_colour_code_keeps_the_held_out_colour_apart_from_every_pretraining_colour():
     # The pointer's fixed colour code is what lets an adapter select purple cells without blue or white ones.
-    def code(rgb):
-        image = torch.tensor(rgb, dtype=torch.float32).div(127.5).sub(1.0).view(1, 3, 1, 1).expand(1, 3, tk.RES, tk.RES)
-        c = colour_code(image)[0, 0]
-        return c / c.norm()
-    purple = code(sc.HELD_OUT_COLOURS["purple"])
+    purple = _unit_code(sc.HELD_OUT_COLOURS["purple"])
     for name, rgb in sc.PRETRAINING_COLOURS.items():
-        assert float(purple @ code(rgb)) < 0.3, name
-    assert float(purple @ code((160, 55, 190))) > 0.9  # a slightly different purple still reads as purple
+        assert float(purple @ _unit_code(rgb)) < 0.3, name
+    assert float(purple @ _unit_code((160, 55, 190))) > 0.9  # a slightly different purple still reads as purple
 
 
 def test_pointer_query_on_the_colour_code_selects_cells_of_that_colour_and_adapters_reach_it():
@@ -275,8 +278,6 @@ def test_pointer_query_on_the_colour_code_selects_cells_of_that_colour_and_adapt
     scene = sc.make_scene(5, include=[("purple", "square")], colours=list(sc.ALL_COLOURS), n_objects=3, size=(240, 240))
     boxes = [o.box for o in scene.objects if o.colour == "purple"]
     x, frame = preprocess(scene.image)
-    purple = colour_code(torch.tensor(sc.HELD_OUT_COLOURS["purple"], dtype=torch.float32).div(127.5).sub(1.0)
-                         .view(1, 3, 1, 1).expand(1, 3, tk.RES, tk.RES))[0, 0]
     tokens = torch.tensor([tk.prompt_tokens(frame, {"skill": "point", "object": "thing"})])
 
     def first_cell(ad=None) -> int:
@@ -284,7 +285,7 @@ def test_pointer_query_on_the_colour_code_selects_cells_of_that_colour_and_adapt
         return int(logits.argmax())
 
     with torch.no_grad():
-        model.ptr_code.bias.copy_(40.0 * purple / purple.norm())  # a query that asks for purple in the code
+        model.ptr_code.bias.copy_(40.0 * _unit_code(sc.HELD_OUT_COLOURS["purple"]))  # a query that asks for purple in the code
         cell = first_cell()
     cx = ((cell % tk.GRID + 0.5) * tk.RES / tk.GRID - frame.ox) / frame.sw
     cy = ((cell // tk.GRID + 0.5) * tk.RES / tk.GRID - frame.oy) / frame.sh
