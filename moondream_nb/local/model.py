@@ -337,26 +337,26 @@ class VLM(nn.Module):
             cache.pending_query = (fixed[:, -1], has[:, -1])
         return torch.where(has.unsqueeze(-1), fixed, q)
 
-    def relisted(self, order: torch.Tensor, tokens: torch.Tensor | None, cache: "KVCache | None") -> torch.Tensor:
+    def relisted(self, order: torch.Tensor, tokens: torch.Tensor, cache: "KVCache | None") -> torch.Tensor:
         """``[B, T, cells]``: the cells already listed, which the pointer may not select again. Teacher-forced
         (no cache), a target that lists a cell twice (two things centred in one cell) keeps its own cell open."""
         listed = order[..., 0] > 0
-        if cache is None and tokens is not None:
+        if cache is None:
             nxt = tokens[:, 1:] - tk.CELL0
             is_cell = (nxt >= 0) & (nxt < tk.N_CELLS)
             target = F.one_hot(nxt.clamp(0, tk.N_CELLS - 1), tk.N_CELLS).bool() & is_cell.unsqueeze(-1)
             listed = torch.cat([listed[:, :-1] & ~target, listed[:, -1:]], 1)
         return listed
 
-    def logits(self, h: torch.Tensor, m: "Memory", ad: Adapter | None, order: torch.Tensor | None = None,
-               tokens: torch.Tensor | None = None, cache: "KVCache | None" = None) -> torch.Tensor:
+    def logits(self, h: torch.Tensor, m: "Memory", ad: Adapter | None, order: torch.Tensor | None,
+               tokens: torch.Tensor, cache: "KVCache | None") -> torch.Tensor:
         h = self.ln_f(h)
         out = self.head(h)
         d = h.shape[-1]
         q = self.ptr_q(h, ad)
         if self.cfg.colour_code:
             q = torch.cat([q, self.ptr_code(h, ad)], -1)
-        if self.cfg.list_query and tokens is not None:
+        if self.cfg.list_query:
             q = self.list_query(q, tokens, cache)
         ptr = torch.einsum("btd,bcd->btc", q[..., :d], m.ptr_k) / math.sqrt(d)
         if self.cfg.colour_code:
