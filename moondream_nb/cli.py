@@ -3,7 +3,9 @@
     moondream-nb demo [--steps N] [--seed S]   the built-in model: rollouts of every skill, then
                                                a LoRA finetune learning a concept it never saw
     moondream-nb serve [--host H] [--port P] [--data-dir DIR] [--api-key KEY ...]
-                                               the local tuning/inference/batch server (API.md)
+                       [--latency cloud|SPEC] [--rate-limit N/s]
+                                               the local tuning/inference/batch server (API.md),
+                                               optionally with Moondream-Cloud-like delays and 429s
     moondream-nb lab [--port P] [--no-browser] [--dir DIR] [--data-dir DIR]
                                                the local server (or the cloud with $MOONDREAM_API_KEY),
                                                then JupyterLab with the notebooks
@@ -63,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="accepted key (repeatable; also $MOONDREAM_LOCAL_API_KEYS, comma-separated); "
                         "one is generated and printed when none is given")
     s.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    s.add_argument("--latency", default=None, metavar="SPEC",
+                   help="cloud-like delays: 'cloud' (train_step 3 s, rollouts 1 s, save 1 s, inference 0.5 s, "
+                        "±20 %%) or 'train_step=3,rollouts=0.5,save=1,jitter=0.2' "
+                        "(kinds: train_step rollouts save inference metrics read other)")
+    s.add_argument("--rate-limit", default=None, metavar="RATE",
+                   help="per-key rate limit as Moondream Cloud has, e.g. 2/s (default tier) or 10/s: "
+                        "429 with Retry-After beyond it")
     lab = sub.add_parser("lab", help="the local server (or the cloud with $MOONDREAM_API_KEY), then JupyterLab with the notebooks")
     lab.add_argument("--port", type=int, default=8888, help="JupyterLab's port (default 8888)")
     lab.add_argument("--no-browser", action="store_true", help="do not open a browser")
@@ -78,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from .local.runner import run
 
-        return run(args.host, args.port, args.data_dir, args.api_key, args.log_level)
+        return run(args.host, args.port, args.data_dir, args.api_key, args.log_level, args.latency, args.rate_limit)
     return 2
 
 

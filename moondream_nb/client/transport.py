@@ -1,9 +1,19 @@
-"""HTTP transport: one pooled keep-alive session per client, retries, typed errors.
+"""HTTP transport: one pooled keep-alive session per client, retries, pacing, typed errors.
 
 Headers follow the official client: ``X-Moondream-Auth`` (only when a key is set),
-``User-Agent: moondream-nb/<version>``, ``Content-Type`` only when there is a body. Retries
-cover 408/425/429/500/502/503/504/520-524 and connection failures, with exponential backoff and
-full jitter (``uniform(0, min(cap, base * 2**attempt))``) and ``Retry-After`` as a floor.
+``User-Agent: moondream-nb/<version>``, ``Content-Type`` only when there is a body.
+
+Retries, by what the failure says:
+
+* 502/503/504/408/425/520-524 and a connection lost mid-request: the long budget
+  (``max_retries``), exponential backoff with full jitter (``uniform(0, min(cap, base * 2**n))``),
+  ``Retry-After`` as a floor;
+* 429: the same budget, but the wait is the :mod:`pacing` of the key (shared by every client
+  of this process), which also spaces out the other threads' requests;
+* 500: a short budget (``SERVER_ERROR_RETRIES``): a deterministic bug answers the same again;
+* failing to connect at all (refused, unknown host, connect timeout): retried for
+  ``connect_budget`` seconds from the call's start, then a ``TransportError`` saying nothing listens.
+
 Redirects are not followed: the auth header is custom, so requests would forward it to any host.
 """
 
@@ -22,13 +32,19 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from .._version import __version__
-from ..errors import MoondreamError, TransportError, ValidationError, error_from_response, parse_retry_after, scrub
+from ..errors import (AuthenticationError, MoondreamError, TransportError, ValidationError, error_from_response,
+                      parse_retry_after, scrub)
 from . import jsonbody
+from .config import API_KEY_ENV, DEFAULT_API_BASE
 from .images import EncodedImage
+from .pacing import Pacer, pacer_for
 
 log = logging.getLogger("moondream_nb.client")
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+SERVER_ERROR_RETRIES = 2  # a 500 is retried this many times at most
+CONNECT_TIMEOUT = 5.0  # seconds to establish a connection (the read timeout is the client's own)
+DEFAULT_CONNECT_BUDGET = 2.0
 USER_AGENT = f"moondream-nb/{__version__}"
 AUTH_HEADER = "X-Moondream-Auth"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -42,6 +58,19 @@ def _reason(exc: BaseException) -> str:
     if text.startswith("<") and ">: " in text:  # "<HTTPConnection object at 0x..>: Failed to ..."
         text = text.split(">: ", 1)[1]
     return text
+
+
+def _connect_failure(exc: BaseException) -> str | None:
+    """Why no connection could be made at all (nothing was sent), or None for other failures."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect timed out"
+    inner: Any = exc.args[0] if exc.args else None
+    reason = getattr(inner, "reason", inner)
+    if isinstance(reason, urllib3.exceptions.NameResolutionError) or "Name or service not known" in str(reason):
+        return "unknown host"
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return "connection refused" if "refused" in str(reason).lower() else _reason(exc)
+    return None
 
 
 def _read_body(resp: requests.Response) -> None:
@@ -68,6 +97,17 @@ class Transport:
         max_retry_after: a ``Retry-After`` longer than this is not waited for; the error is
             raised at once (with ``retry_after`` set) instead of blocking a notebook for minutes.
         pool_size: connections kept alive per host (grown by :meth:`ensure_pool`).
+        connect_budget: seconds from a call's start during which failures to connect (refused,
+            unknown host) are retried; after it the call fails saying nothing listens there.
+
+    Attributes:
+        pacer: the :class:`~moondream_nb.client.pacing.Pacer` of this origin and key.
+        honours_idempotency: True once the service echoed an ``Idempotency-Key`` back (it
+            records keys: a repeat returns the first answer); False once a keyed call succeeded
+            without the echo (Moondream Cloud does not document the header); None before either.
+
+    Raises:
+        AuthenticationError: on a call, when there is no key and the base URL is Moondream Cloud.
     """
 
     def __init__(
@@ -81,10 +121,12 @@ class Transport:
         backoff_cap: float = 30.0,
         max_retry_after: float = 120.0,
         pool_size: int = 10,
+        connect_budget: float = DEFAULT_CONNECT_BUDGET,
     ) -> None:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise ValidationError(f"max_retries: must be an integer >= 0 (got {max_retries!r})", param="max_retries")
-        for name, value in (("timeout", timeout), ("backoff_base", backoff_base), ("backoff_cap", backoff_cap)):
+        for name, value in (("timeout", timeout), ("backoff_base", backoff_base), ("backoff_cap", backoff_cap),
+                            ("connect_budget", connect_budget)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValidationError(f"{name}: must be a number > 0 (got {value!r})", param=name)
         self.base_url = base_url.rstrip("/")
@@ -94,6 +136,9 @@ class Transport:
         self.backoff_base = float(backoff_base)
         self.backoff_cap = float(backoff_cap)
         self.max_retry_after = float(max_retry_after)
+        self.connect_budget = float(connect_budget)
+        self.honours_idempotency: bool | None = None
+        self.pacer: Pacer = pacer_for(_origin(self.base_url), self._api_key)
         self._sleep = time.sleep
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
@@ -136,12 +181,14 @@ class Transport:
         query: dict | None = None,
         timeout: float | None = None,
         idempotent: bool = False,
+        idempotency_key: str | None = None,
         images: Iterable[EncodedImage] = (),
     ) -> dict:
         """Send a JSON request (no body when ``payload`` is None) and return the parsed reply.
 
         ``images`` are the encoded images referenced by ``payload``; their bytes are spliced
         into the body instead of being re-serialised. An empty 2xx body reads as ``{}``.
+        ``idempotency_key``: the key of an idempotent call (default: a new one per call).
         """
         images = [img for img in images if img.raw is not None]
         body = None if payload is None else self.encode_body(payload, images)
@@ -153,6 +200,7 @@ class Transport:
             query=query,
             timeout=timeout,
             idempotent=idempotent,
+            idempotency_key=idempotency_key,
         )
         return self.parse_json(resp, images)
 
@@ -209,6 +257,7 @@ class Transport:
         query: dict | None = None,
         timeout: float | None = None,
         idempotent: bool = False,
+        idempotency_key: str | None = None,
         stream: bool = False,
         auth: bool = True,
     ) -> requests.Response:
@@ -216,46 +265,69 @@ class Transport:
 
         ``path`` may be an absolute URL; the key is then sent only when ``auth`` is true and the
         URL has this transport's origin. With ``stream=True`` the caller must close the response.
+        ``idempotent``: send an ``Idempotency-Key`` (``idempotency_key``, else a new one), the
+        same on every retry of this call.
 
         Raises:
             the :class:`MoondreamError` subclass of the final failure.
         """
         url = self.url(path, query)
         shown = f"{method} {url.split('?', 1)[0]}"
+        self._check_key(url)
         headers = {}
         if self._api_key and auth and self.same_origin(url):
             headers[AUTH_HEADER] = self._api_key
         if content_type is not None:
             headers["Content-Type"] = content_type
+        key = None
         if idempotent:
-            headers[IDEMPOTENCY_HEADER] = str(uuid.uuid4())  # one key for every retry of this call
+            key = idempotency_key or str(uuid.uuid4())  # one key for every retry of this call
+            headers[IDEMPOTENCY_HEADER] = key
         timeout = self.timeout if timeout is None else timeout
         attempts = self.max_retries + 1
+        began = time.monotonic()
+        server_errors = 0
         for attempt in range(attempts):
             retry_after = None
+            started = self.pacer.wait()
             try:
                 resp = self._session.request(
-                    method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False,
-                    stream=True, proxies=self._proxies_for(url),
+                    method, url, data=body, headers=headers, timeout=(min(timeout, CONNECT_TIMEOUT), timeout),
+                    allow_redirects=False, stream=True, proxies=self._proxies_for(url),
                 )
                 if not stream:
                     _read_body(resp)  # inside the try: a body cut short is a transport error
-            except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError) as exc:
-                error: MoondreamError = TransportError(f"{shown}: timed out after {timeout:g} s")
-                cause: BaseException = exc
-            except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                    urllib3.exceptions.HTTPError) as exc:
-                error, cause = TransportError(f"{shown}: connection failed ({_reason(exc)})"), exc
             except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                     requests.exceptions.InvalidSchema) as exc:
                 raise ValidationError(f"endpoint: invalid URL {url!r} ({exc})", param="endpoint") from None
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError) as exc:
+                why = _connect_failure(exc)
+                if why is not None:
+                    if time.monotonic() - began >= self.connect_budget or attempt == attempts - 1:
+                        raise self._unreachable(url, shown, why, time.monotonic() - began) from exc
+                    self._sleep(min(0.1 * 2**attempt, 0.5))
+                    continue
+                if isinstance(exc, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError)):
+                    error: MoondreamError = TransportError(f"{shown}: timed out after {timeout:g} s")
+                else:
+                    error = TransportError(f"{shown}: connection failed ({_reason(exc)})")
+                cause: BaseException | None = exc
             else:
                 if 200 <= resp.status_code < 300:
+                    if key is not None and self.honours_idempotency is not True:
+                        self.honours_idempotency = resp.headers.get(IDEMPOTENCY_HEADER) == key
                     return resp
                 error, cause = self._http_error(resp, shown), None
+                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                self.pacer.observe(started, resp.status_code, resp.headers, retry_after)
                 if resp.status_code not in RETRY_STATUSES:
                     raise error
-                retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                if resp.status_code == 500:
+                    server_errors += 1
+                    if server_errors > SERVER_ERROR_RETRIES:
+                        error.message += f" (gave up after {server_errors} answers of 500)"
+                        raise error
             error.message = scrub(error.message, [self._api_key])
             too_long = retry_after is not None and retry_after > self.max_retry_after
             if too_long:
@@ -265,12 +337,31 @@ class Transport:
                 if attempts > 1:
                     error.message += f" (gave up after {attempts} attempts)"
                 raise error from cause
-            delay = random.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2**attempt))
-            if retry_after is not None:
-                delay = max(delay, retry_after)
+            if error.status == 429:
+                delay = 0.0  # the pacer holds this thread (and every other) for as long as needed
+            else:
+                delay = random.uniform(0.0, min(self.backoff_cap, self.backoff_base * 2**attempt))
+                if retry_after is not None:
+                    delay = max(delay, retry_after)
             log.info("%s failed: %s; retry %d/%d in %.2f s", shown, error, attempt + 1, self.max_retries, delay)
-            self._sleep(delay)
+            if delay:
+                self._sleep(delay)
         raise AssertionError("unreachable")
+
+    def _check_key(self, url: str) -> None:
+        if self._api_key is None and _origin(url) == _origin(DEFAULT_API_BASE):
+            raise AuthenticationError(
+                f"no API key for Moondream Cloud ({DEFAULT_API_BASE}): set ${API_KEY_ENV}, pass api_key=, "
+                "or use the local server: conn = moondream_nb.connect() (conn.ft(...), conn.vl(...))")
+
+    def _unreachable(self, url: str, shown: str, why: str, waited: float) -> TransportError:
+        scheme, host, port = _origin(url)
+        where = f"{scheme}://{host}:{port}"
+        if why == "unknown host":
+            text = f"{shown}: unknown host {host!r}; check the endpoint"
+        else:
+            text = f"{shown}: nothing listens at {where} ({why}); is the server running and the endpoint right?"
+        return TransportError(scrub(f"{text} (gave up after {waited:.1f} s)", [self._api_key]))
 
     def _http_error(self, resp: requests.Response, shown: str) -> MoondreamError:
         try:

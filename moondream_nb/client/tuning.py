@@ -100,8 +100,15 @@ class Finetune:
 
     @property
     def step(self) -> int | None:
-        """The finetune's step as of the last train step this client saw (None before any)."""
+        """The finetune's step as of the last train step this client saw, or as the service
+        reported it when the finetune was loaded (None when neither said)."""
         return self._step
+
+    @property
+    def honours_idempotency(self) -> bool | None:
+        """Whether the service is known to record ``Idempotency-Key`` (it echoed one back; our
+        local server does), known not to (False), or not known yet (None)."""
+        return self._transport.honours_idempotency
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -256,7 +263,8 @@ class Finetune:
         req["image_url"] = encoded.image_url
         return req
 
-    def train_step(self, groups: Sequence[Mapping[str, Any]], lr: float = 2e-4, **kwargs: Any) -> dict:
+    def train_step(self, groups: Sequence[Mapping[str, Any]], lr: float = 2e-4, *,
+                   idempotency_key: str | None = None, **kwargs: Any) -> dict:
         """Apply one optimizer step over RL and/or SFT groups (``POST /train_step``).
 
         Args:
@@ -265,6 +273,10 @@ class Finetune:
                 SFT ``{"mode": "sft", "request": {..., "image": <any image>}, "target": {...}}``.
                 An ``image`` in a group's request is encoded to ``image_url``.
             lr: learning rate in (0, 1].
+            idempotency_key: the ``Idempotency-Key`` header (default: a new one per call, the
+                same on each retry). Pass a key you stored to re-send a call whose answer was
+                lost (a crash): a service that records keys (:attr:`honours_idempotency`)
+                answers with the first result instead of training again.
             **kwargs: extra top-level body fields, forwarded verbatim.
 
         Returns:
@@ -278,7 +290,8 @@ class Finetune:
         payload = {"finetune_id": self._finetune_id, "groups": encoded_groups, "lr": lr, **kwargs}
         protocol.validate_train_step_body(payload)
         result = self._transport.json(
-            "POST", "/train_step", payload, timeout=self._train_timeout, idempotent=True, images=images
+            "POST", "/train_step", payload, timeout=self._train_timeout, idempotent=True,
+            idempotency_key=idempotency_key, images=images,
         )
         self._record_train_step(payload, result)
         return result
@@ -430,6 +443,8 @@ def ft(
             client._finetune_id, client._name, client._rank = info["finetune_id"], info["name"], info["rank"]
         except (KeyError, TypeError):
             raise MoondreamError(f"GET /finetunes/{finetune_id}: reply lacks finetune_id/name/rank") from None
+        if protocol.is_int(info.get("step")):  # not documented for the cloud; our server says it
+            client._step = info["step"]
         return client
 
     if name is None or rank is None:
@@ -440,4 +455,7 @@ def ft(
     if not isinstance(result.get("finetune_id"), str):
         raise MoondreamError("POST /finetunes: reply lacks finetune_id")
     client._finetune_id = result["finetune_id"]
+    info = result.get("finetune")
+    if isinstance(info, Mapping) and protocol.is_int(info.get("step")):  # an existing finetune's step
+        client._step = info["step"]
     return client

@@ -22,11 +22,12 @@ from .fileio import FormatError
 from .jsonl import read_jsonl, write_jsonl
 from .labels import Label
 from .sft import sft_groups
-from .store import LabelStore, Progress, RewardRecord, StepRecord
+from .store import BatchRecord, LabelStore, Progress, RewardRecord, StepRecord
 from .tabular import from_frame, from_hf
 from .yolo import read_classes, read_yolo, write_yolo
 
 __all__ = [
+    "BatchRecord",
     "Dataset",
     "FormatError",
     "Item",

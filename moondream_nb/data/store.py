@@ -22,9 +22,10 @@ from .. import protocol
 from ..errors import ValidationError
 from .labels import Label
 
-__all__ = ["LabelStore", "Progress", "RewardRecord", "StepRecord"]
+__all__ = ["BatchRecord", "LabelStore", "Progress", "RewardRecord", "StepRecord"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: train batches (v1 files are upgraded in place)
+BATCH_STATES = ("queued", "sent")
 STATUSES = ("done", "skipped")
 _IMAGE_KEYS = ("image", "image_url")
 # Stands in for a stripped image when an RL group is validated (protocol wants image_url).
@@ -44,6 +45,10 @@ CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT, finetune_id TEXT, step INTEGER, result TEXT NOT NULL,
     created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, finetune_id TEXT NOT NULL, idempotency_key TEXT NOT NULL,
+    groups TEXT NOT NULL, image_ids TEXT NOT NULL, lr REAL NOT NULL, source TEXT NOT NULL,
+    state TEXT NOT NULL, created_at REAL NOT NULL, sent_at REAL);
 """
 
 
@@ -84,9 +89,7 @@ class RewardRecord:
 
     def group(self, image: Any = None) -> dict:
         """The RL group for ``train_step``; pass the item's image (it was not stored)."""
-        request = dict(self.request)
-        if image is not None:
-            request["image"] = image
+        request = _with_image(self.request, image) if image is not None else dict(self.request)
         return {"mode": "rl", "request": request, "rollouts": self.rollouts, "rewards": list(self.rewards)}
 
 
@@ -99,6 +102,51 @@ class StepRecord:
     step: int | None
     result: dict
     created_at: float
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """The groups of one train step, recorded before it is sent, so a crash loses none of them.
+
+    Attributes:
+        key: the step's ``Idempotency-Key``: re-sending with it is answered with the first
+            result by a service that records keys, instead of training twice.
+        groups: the train-step groups without their images; ``image_ids[i]`` says whose image
+            group ``i`` had (None: it had none).
+        state: ``"queued"`` (never sent: safe to send) or ``"sent"`` (sent, no answer recorded:
+            the service may have applied it).
+    """
+
+    id: int
+    finetune_id: str
+    key: str
+    groups: list
+    image_ids: list
+    lr: float
+    source: str
+    state: str
+    created_at: float
+    sent_at: float | None
+
+    def train_groups(self, image_of: Any) -> list[dict]:
+        """The groups ready for ``train_step``: ``image_of(image_id)`` puts each image back."""
+        out = []
+        for group, image_id in zip(self.groups, self.image_ids):
+            group = dict(group)
+            if image_id is not None:
+                group["request"] = _with_image(group["request"], image_of(image_id))
+            out.append(group)
+        return out
+
+
+def _with_image(request: Mapping[str, Any], image: Any) -> dict:
+    """``request`` with ``image`` where it was stripped from (a full /rollouts body: its inner request)."""
+    out = dict(request)
+    if "skill" not in out and isinstance(out.get("request"), Mapping):
+        out["request"] = _with_image(out["request"], image)
+    else:
+        out["image"] = image
+    return out
 
 
 def _dumps(value: Any, what: str) -> str:
@@ -199,12 +247,17 @@ class LabelStore:
 
     # -- labels ----------------------------------------------------------------------------
 
-    def put(self, label: Label) -> None:
-        """Save ``label``, replacing the one with the same key (image, skill, prompt, refs)."""
-        self.put_many([label])
+    def put(self, label: Label, *, done: bool = False, state: Mapping[str, Any] | None = None) -> None:
+        """Save ``label``, replacing the one with the same key (image, skill, prompt, refs).
 
-    def put_many(self, labels: Iterable[Label]) -> int:
-        """Save several labels in one transaction (all or none). Returns how many."""
+        ``done``: also mark its item done; ``state``: session state to write — in the same
+        transaction, so a crash cannot leave an item done that no session will train on.
+        """
+        self.put_many([label], done=done, state=state)
+
+    def put_many(self, labels: Iterable[Label], *, done: bool = False, state: Mapping[str, Any] | None = None) -> int:
+        """Save several labels in one transaction (all or none; ``done``/``state`` as for
+        :meth:`put`). Returns how many."""
         rows = []
         now = time.time()
         for lb in labels:
@@ -219,6 +272,10 @@ class LabelStore:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (image_id, skill, prompt, refs) DO UPDATE SET "
                     "target=excluded.target, meta=excluded.meta, updated_at=excluded.updated_at, seq=excluded.seq",
                     (*row, seq + k + 1))
+                if done:
+                    self._mark(cur, row[0], "done")
+            for key, value in (state or {}).items():
+                self._set_state(cur, key, value)
         return len(rows)
 
     def delete(self, label: Label) -> bool:
@@ -259,9 +316,13 @@ class LabelStore:
         if status not in STATUSES:
             protocol.fail("status", "must be 'done' or 'skipped'", status)
         with self._write() as cur:
-            cur.execute("INSERT INTO items (image_id, status, updated_at) VALUES (?, ?, ?) ON CONFLICT (image_id) "
-                        "DO UPDATE SET status=excluded.status, updated_at=excluded.updated_at",
-                        (image_id, status, time.time()))
+            self._mark(cur, image_id, status)
+
+    @staticmethod
+    def _mark(cur: sqlite3.Cursor, image_id: str, status: str) -> None:
+        cur.execute("INSERT INTO items (image_id, status, updated_at) VALUES (?, ?, ?) ON CONFLICT (image_id) "
+                    "DO UPDATE SET status=excluded.status, updated_at=excluded.updated_at",
+                    (image_id, status, time.time()))
 
     def unmark(self, image_id: str) -> None:
         """Forget the item's status (it is pending again); its labels stay."""
@@ -314,8 +375,12 @@ class LabelStore:
     def set_state(self, key: str, value: Any) -> None:
         """Save a JSON-able ``value`` under ``key`` (e.g. the finetune id, the current item)."""
         with self._write() as cur:
-            cur.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
-                        (key, _dumps(value, f"state[{key!r}]")))
+            self._set_state(cur, key, value)
+
+    @staticmethod
+    def _set_state(cur: sqlite3.Cursor, key: str, value: Any) -> None:
+        cur.execute("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                    (key, _dumps(value, f"state[{key!r}]")))
 
     def get_state(self, key: str, default: Any = None) -> Any:
         """The value saved under ``key``, else ``default``."""
@@ -324,11 +389,15 @@ class LabelStore:
 
     # -- rewards and train steps -------------------------------------------------------------
 
-    def add_rewards(self, group: Mapping[str, Any], *, image_id: str | None = None, source: str = "human") -> int:
+    def add_rewards(self, group: Mapping[str, Any], *, image_id: str | None = None, source: str = "human",
+                    done: bool = False, state: Mapping[str, Any] | None = None) -> int:
         """Save an RL group (``request``, ``rollouts``, ``rewards``) as the rewards are given.
 
         The request's image is not stored (``image_id`` says which it was). source: who scored
-        it, e.g. ``"human"`` or ``"ground_truth"``. Returns the record id.
+        it, e.g. ``"human"`` or ``"ground_truth"``. ``done``: also mark the item done; ``state``:
+        session state to write — all in one transaction, so a crash cannot leave an item done
+        whose rewards no session will send. ``state`` may be a function of the new record id.
+        Returns the record id.
         Raises ValidationError when the group is not a valid RL group (rewards one per rollout, finite).
         """
         protocol.check_dict(group, "group")
@@ -342,7 +411,13 @@ class LabelStore:
                         "VALUES (?, ?, ?, ?, ?, ?)",
                         (image_id, _dumps(request, "request"), _dumps(list(group["rollouts"]), "rollouts"),
                          _dumps(rewards, "rewards"), source, time.time()))
-            return int(cur.lastrowid)
+            record_id = int(cur.lastrowid)
+            if done and image_id is not None:
+                self._mark(cur, image_id, "done")
+            values = state(record_id) if callable(state) else (state or {})
+            for k, v in values.items():
+                self._set_state(cur, k, v)
+            return record_id
 
     def rewards(self, image_id: str | None = None) -> list[RewardRecord]:
         """Saved reward records, oldest first (of one image when given)."""
@@ -354,13 +429,76 @@ class LabelStore:
 
     def add_step(self, result: Mapping[str, Any], *, finetune_id: str | None = None) -> int:
         """Save a ``train_step`` response (``step``, ``applied``, ``kl``, ...). Returns the record id."""
+        with self._write() as cur:
+            return self._insert_step(cur, result, finetune_id)
+
+    @staticmethod
+    def _insert_step(cur: sqlite3.Cursor, result: Mapping[str, Any], finetune_id: str | None) -> int:
         protocol.check_dict(result, "result")
         step = result.get("step")
         finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in result.items()}
+        cur.execute("INSERT INTO steps (finetune_id, step, result, created_at) VALUES (?, ?, ?, ?)",
+                    (finetune_id, step if protocol.is_int(step) else None, _dumps(finite, "result"), time.time()))
+        return int(cur.lastrowid)
+
+    def add_batch(self, finetune_id: str, groups: Sequence[Mapping[str, Any]], image_ids: Sequence[str | None],
+                  lr: float, *, key: str | None = None, source: str = "",
+                  state: Mapping[str, Any] | None = None) -> BatchRecord:
+        """Record the groups of a train step before sending it (``"queued"``); images are stripped.
+
+        Args:
+            key: its Idempotency-Key (default: a new one).
+            state: session state to write in the same transaction (e.g. the list of scored
+                groups not yet in a batch, now empty), so no group is both batched and pending.
+        """
+        import uuid
+
+        if len(groups) != len(image_ids):
+            protocol.fail("image_ids", f"one per group ({len(groups)})", len(image_ids))
+        stripped = [dict(g, request=_strip_images(protocol.check_dict(g.get("request"), f"groups[{i}].request")))
+                    for i, g in enumerate(groups)]
+        key = key or str(uuid.uuid4())
+        now = time.time()
         with self._write() as cur:
-            cur.execute("INSERT INTO steps (finetune_id, step, result, created_at) VALUES (?, ?, ?, ?)",
-                        (finetune_id, step if protocol.is_int(step) else None, _dumps(finite, "result"), time.time()))
-            return int(cur.lastrowid)
+            cur.execute("INSERT INTO batches (finetune_id, idempotency_key, groups, image_ids, lr, source, state, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+                        (finetune_id, key, _dumps(stripped, "groups"), _dumps(list(image_ids), "image_ids"),
+                         float(lr), source, now))
+            batch_id = int(cur.lastrowid)
+            for k, v in (state or {}).items():
+                self._set_state(cur, k, v)
+        return BatchRecord(batch_id, finetune_id, key, stripped, list(image_ids), float(lr), source, "queued", now, None)
+
+    def batch_sent(self, batch_id: int) -> None:
+        """Mark a batch as sent (call just before sending: from here on it may be applied)."""
+        with self._write() as cur:
+            cur.execute("UPDATE batches SET state='sent', sent_at=? WHERE id=?", (time.time(), batch_id))
+
+    def batch_done(self, batch_id: int, result: Mapping[str, Any]) -> int:
+        """The batch's train step answered: its result is saved as a step and the batch removed,
+        in one transaction. Returns the step record id."""
+        with self._write() as cur:
+            row = cur.execute("SELECT finetune_id FROM batches WHERE id=?", (batch_id,)).fetchone()
+            step_id = self._insert_step(cur, result, row[0] if row else None)
+            cur.execute("DELETE FROM batches WHERE id=?", (batch_id,))
+        return step_id
+
+    def drop_batch(self, batch_id: int) -> None:
+        """Forget a batch without training on it (its rewards and labels stay in the store)."""
+        with self._write() as cur:
+            cur.execute("DELETE FROM batches WHERE id=?", (batch_id,))
+
+    def batches(self, finetune_id: str | None = None, *, source: str | None = None) -> list[BatchRecord]:
+        """Batches recorded and not yet answered, oldest first (of one finetune / source when given)."""
+        where, args = [], []
+        for column, value in (("finetune_id", finetune_id), ("source", source)):
+            if value is not None:
+                where.append(f"{column}=?")
+                args.append(value)
+        sql = ("SELECT id, finetune_id, idempotency_key, groups, image_ids, lr, source, state, created_at, sent_at "
+               "FROM batches" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id")
+        return [BatchRecord(i, f, k, json.loads(g), json.loads(ids), lr, src, st, c, sent)
+                for i, f, k, g, ids, lr, src, st, c, sent in self._read(sql, args)]
 
     def steps(self, finetune_id: str | None = None) -> list[StepRecord]:
         """Saved train-step results, oldest first (of one finetune when given)."""

@@ -170,14 +170,44 @@ def parse_json(raw: bytes) -> Any:
         raise Problem(400, f"body: not valid JSON ({detail})", "body") from None
 
 
-def idem_of(request: Request, owner: str, raw: bytes, scope: str = "") -> Idem | None:
-    """The Idempotency-Key of this request, scoped to key + path (+ finetune)."""
+def idem_of(request: Request, owner: str, body: Any, scope: str = "") -> Idem | None:
+    """The Idempotency-Key of this request, scoped to key + path (+ finetune).
+
+    ``body`` is the parsed JSON (hashed canonically: the same JSON sent with other spacing or key
+    order is the same request) or the raw bytes of a body that is not JSON.
+    """
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
     if not 1 <= len(key) <= 255:
         raise Problem(400, "Idempotency-Key: must be 1 to 255 characters", "Idempotency-Key")
-    return Idem(owner, f"{request.method} {request.url.path}|{scope}", key, hashlib.sha256(raw).hexdigest())
+    if not isinstance(body, bytes):
+        body = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass")
+    return Idem(owner, f"{request.method} {request.url.path}|{scope}", key, hashlib.sha256(body).hexdigest())
+
+
+class EchoIdempotencyKey:
+    """ASGI middleware: a 2xx answer to a request with an ``Idempotency-Key`` carries the key back,
+    which tells a client this server records keys (a repeat returns the first answer), so it may
+    re-send an unanswered call with the same key after a crash."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        key = None
+        if scope["type"] == "http":
+            key = next((v for k, v in scope.get("headers") or [] if k == IDEMPOTENCY_HEADER.encode()), None)
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def echo(message: dict) -> None:
+            if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
+                message = dict(message, headers=[*message.get("headers", []), (b"idempotency-key", key)])
+            await send(message)
+
+        await self.app(scope, receive, echo)
 
 
 def _scope(body: Any) -> str:
@@ -244,6 +274,7 @@ def create_app(config: Config, on_ready: Callable[[], None] | None = None) -> Fa
     app = FastAPI(title="moondream-nb local server", version=__version__, lifespan=lifespan,
                   description="The Moondream tuning, inference and batch APIs on a built-in model (API.md).")
     app.state.server = srv
+    app.add_middleware(EchoIdempotencyKey)
     install_error_handlers(app)
     add_tuning_routes(app, srv)
     add_inference_routes(app, srv)
@@ -263,7 +294,7 @@ def add_tuning_routes(app: FastAPI, srv: Server) -> None:
         owner = srv.owner(request)
         raw = await read_body(request)
         body = parse_json(raw)
-        return json_response(await srv.run(svc().create_finetune, owner, body, idem_of(request, owner, raw)))
+        return json_response(await srv.run(svc().create_finetune, owner, body, idem_of(request, owner, body)))
 
     @app.get(TUNING + "/finetunes", openapi_extra=oa.query("limit", "cursor"))
     async def list_finetunes(request: Request) -> Response:
@@ -283,7 +314,7 @@ def add_tuning_routes(app: FastAPI, srv: Server) -> None:
         owner = srv.owner(request)
         raw = await read_body(request)
         body = parse_json(raw)
-        idem = idem_of(request, owner, raw, _scope(body))
+        idem = idem_of(request, owner, body, _scope(body))
         return json_response(await srv.run(srv.replayable, idem, svc().rollouts, owner, body))
 
     @app.post(TUNING + "/train_step", openapi_extra=oa.body(oa.TRAIN_STEP))
@@ -291,14 +322,14 @@ def add_tuning_routes(app: FastAPI, srv: Server) -> None:
         owner = srv.owner(request)
         raw = await read_body(request)
         body = parse_json(raw)
-        return json_response(await srv.run(svc().train_step, owner, body, idem_of(request, owner, raw, _scope(body))))
+        return json_response(await srv.run(svc().train_step, owner, body, idem_of(request, owner, body, _scope(body))))
 
     @app.post(FINETUNE + "/metrics", openapi_extra=oa.body(oa.METRICS))
     async def log_metrics(request: Request, finetune_id: str) -> Response:
         owner = srv.owner(request)
         raw = await read_body(request)
         body = parse_json(raw)
-        return json_response(await srv.run(svc().log_metrics, owner, finetune_id, body, idem_of(request, owner, raw)))
+        return json_response(await srv.run(svc().log_metrics, owner, finetune_id, body, idem_of(request, owner, body)))
 
     @app.get(FINETUNE + "/metrics", openapi_extra=oa.query("limit", "cursor"))
     async def list_metrics(request: Request, finetune_id: str) -> Response:
@@ -339,7 +370,7 @@ def add_inference_routes(app: FastAPI, srv: Server) -> None:
                 text_key = "answer" if kind == "query" else "caption"
                 final = {k: v for k, v in result.items() if k != text_key}
                 return sse(result[text_key], final)
-            idem = idem_of(request, owner, raw)
+            idem = idem_of(request, owner, body)
             return json_response(await srv.run(srv.replayable, idem, srv.service.infer, owner, kind, body))
 
         app.post(f"/v1/{kind}", name=kind, openapi_extra=oa.body(oa.INFERENCE[kind]))(infer)
@@ -396,7 +427,7 @@ def add_batch_routes(app: FastAPI, srv: Server) -> None:
         action(request, "mpu-complete")
         raw = await read_body(request)
         body = parse_json(raw)
-        idem = idem_of(request, owner, raw)
+        idem = idem_of(request, owner, body)
         query = dict(request.query_params)
         return json_response(await srv.run(srv.replayable, idem, srv.batches.complete, owner, batch_id, query, body))
 

@@ -126,7 +126,7 @@ def _answers(url: str, deadline: float) -> bool:
 
 def serve(port: int = 0, data_dir: str | os.PathLike | None = None, *, host: str = "127.0.0.1",
           api_key: str | None = None, extra_keys: Sequence[str] = (), threads: int | None = None,
-          timeout: float = 60.0) -> LocalServer:
+          latency: str | None = None, rate_limit: str | None = None, timeout: float = 60.0) -> LocalServer:
     """Start the local server in a subprocess and wait until it answers.
 
     Args:
@@ -136,11 +136,20 @@ def serve(port: int = 0, data_dir: str | os.PathLike | None = None, *, host: str
         api_key: the key to accept; default a new random one (``.api_key``).
         extra_keys: more keys to accept (other users of the same server; each sees only its own finetunes).
         threads: torch threads of the server (default ``$MOONDREAM_NB_THREADS`` or up to 2).
+        latency: cloud-like delays, ``"cloud"`` or a spec such as ``"train_step=3,rollouts=0.5"``
+            (:mod:`moondream_nb.local.cloudlike`); default none.
+        rate_limit: a per-key limit such as ``"2/s"`` (429 with ``Retry-After`` beyond it); default none.
         timeout: seconds to wait for the first answer.
+
+    Raises:
+        ValueError: ``latency`` or ``rate_limit`` is not a valid spec (checked before starting).
 
     Returns:
         A :class:`LocalServer`; also a context manager.
     """
+    from .cloudlike import Latency, RateLimit
+
+    Latency.parse(latency), RateLimit.parse(rate_limit)  # a bad spec fails here, not in the child's log
     owns = data_dir is None
     data = Path(tempfile.mkdtemp(prefix="moondream-nb-")) if owns else Path(data_dir).expanduser()
     data.mkdir(parents=True, exist_ok=True)
@@ -150,6 +159,10 @@ def serve(port: int = 0, data_dir: str | os.PathLike | None = None, *, host: str
         env["MOONDREAM_NB_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "moondream_nb.cli", "serve", "--host", host, "--port", str(port),
            "--data-dir", str(data)]
+    if latency is not None:
+        cmd += ["--latency", str(latency)]
+    if rate_limit is not None:
+        cmd += ["--rate-limit", str(rate_limit)]
     log = open(data / LOG_NAME, "ab")
     try:
         process = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,

@@ -12,6 +12,7 @@ import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 READY_PREFIX = "MOONDREAM_NB_READY port="
 KEYS_ENV = "MOONDREAM_LOCAL_API_KEYS"
@@ -48,11 +49,22 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def run(host: str = "127.0.0.1", port: int = 2020, data_dir: str | os.PathLike | None = None,
-        api_keys: list[str] | None = None, log_level: str = "warning") -> int:
-    """Serve until interrupted; keys from ``api_keys`` + ``$MOONDREAM_LOCAL_API_KEYS``, else a new one."""
+        api_keys: list[str] | None = None, log_level: str = "warning", latency: str | None = None,
+        rate_limit: str | None = None) -> int:
+    """Serve until interrupted; keys from ``api_keys`` + ``$MOONDREAM_LOCAL_API_KEYS``, else a new one.
+
+    ``latency`` / ``rate_limit``: the cloud-like mode (:mod:`moondream_nb.local.cloudlike`).
+    """
     import uvicorn
 
     from .app import Config, create_app
+    from .cloudlike import CloudLike, Latency, RateLimit
+
+    try:
+        delays, limit = Latency.parse(latency), RateLimit.parse(rate_limit)
+    except ValueError as exc:
+        print(f"moondream-nb serve: {exc}", file=sys.stderr)
+        return 2
 
     keys = list(api_keys or []) + keys_from_env()
     generated = not keys
@@ -75,9 +87,14 @@ def run(host: str = "127.0.0.1", port: int = 2020, data_dir: str | os.PathLike |
             print(f"  API key (generated, shown once): {keys[0]}")
         else:
             print(f"  API keys: {', '.join(mask(k) for k in keys)}")
+        if delays is not None or limit is not None:
+            rate = f"{limit.per_second:g} requests/s per key" if limit else "no rate limit"
+            print(f"  cloud-like mode: latency {delays or 'none'}; {rate}")
         print(f"{READY_PREFIX}{actual}", flush=True)
 
-    app = create_app(Config(data, keys), on_ready=ready)
+    app: Any = create_app(Config(data, keys), on_ready=ready)
+    if delays is not None or limit is not None:
+        app = CloudLike(app, delays, limit)
     config = uvicorn.Config(app, log_level=log_level, access_log=log_level in ("info", "debug"),
                             timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])

@@ -26,12 +26,15 @@ class SessionView:
     A button's error is shown in the status line: a click has no caller to raise to.
     """
 
-    def __init__(self, actions: Sequence[Action], side: w.Widget | None = None) -> None:
+    def __init__(self, actions: Sequence[Action], side: w.Widget | None = None,
+                 footer: w.Widget | None = None) -> None:
         self.progress = w.HTML()
         self.progress.add_class("mdnb-session-progress")
         self.status = w.HTML()
         self.status.add_class("mdnb-session-status")
         self.slot = w.Box()
+        self.waiting = w.HTML()  # shown while the next panel is on its way (never closed)
+        self.waiting.add_class("mdnb-session-wait")
         buttons = []
         for a in actions:
             b = w.Button(description=a.label, tooltip=a.tooltip, button_style="primary" if a.primary else "",
@@ -40,7 +43,7 @@ class SessionView:
             b.on_click(lambda _b, run=a.run: self.guarded(run))
             buttons.append(b)
         bar = w.HBox([*buttons, self.progress], layout=w.Layout(align_items="center"))
-        main = w.VBox([bar, self.slot, self.status])
+        main = w.VBox([bar, self.slot, self.status] + ([footer] if footer is not None else []))
         self.root = w.HBox([main, side], layout=w.Layout(align_items="flex-start")) if side is not None else main
         self.root.add_class("mdnb-session")
 
@@ -57,14 +60,74 @@ class SessionView:
         old = self.slot.children
         self.slot.children = (panel,) if panel is not None else ()
         for widget in old:
-            if widget is not panel:
+            if widget is not panel and widget is not self.waiting:
                 widget.close()
+
+    def set_waiting(self, text: str) -> None:
+        """Show ``text`` where the panel goes, until the next :meth:`set_panel`."""
+        self.waiting.value = (f"<div style='padding:24px;color:var(--jp-ui-font-color2,#666)'>"
+                              f"{html.escape(text)}</div>")
+        self.set_panel(self.waiting)
 
     def set_progress(self, text: str) -> None:
         self.progress.value = f"<span style='margin-left:8px'>{html.escape(text)}</span>"
 
     def set_status(self, text: str) -> None:
         self.status.value = f"<span style='color:var(--jp-ui-font-color2,#666)'>{html.escape(text)}</span>"
+
+
+class TrainStatus:
+    """The training line of a session: the step in flight, how many wait, the last result, and a
+    failed (or uncertain) step with *retry* / *drop* buttons. Updated from any thread.
+
+    Args:
+        queue: the finetune's :class:`~moondream_nb.sessions.training.TrainQueue`.
+    """
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        self.last = ""  # the session's words for the last result ("step 12 · reward 0.62")
+        self.html = w.HTML()
+        self.html.add_class("mdnb-train-status")
+        self.retry = w.Button(description="retry", tooltip="send the failed step again (same Idempotency-Key)",
+                              button_style="warning", layout=w.Layout(width="auto", display="none"))
+        self.retry.add_class("mdnb-train-retry")
+        self.drop = w.Button(description="drop", tooltip="give up on this step (its rewards and labels stay "
+                             "in the label store)", layout=w.Layout(width="auto", display="none"))
+        self.drop.add_class("mdnb-train-drop")
+        self.retry.on_click(lambda _b: queue.retry())
+        self.drop.on_click(lambda _b: queue.drop())
+        self.root = w.HBox([self.html, self.retry, self.drop], layout=w.Layout(align_items="center"))
+        self._unlisten = queue.listen(lambda _job: self.update())
+        self.update()
+
+    def text(self) -> str:
+        """What the line says now (plain text)."""
+        jobs = self.queue.jobs
+        parts = []
+        running = next((j for j in jobs if j.state == "running"), None)
+        failed = next((j for j in jobs if j.state == "failed"), None)
+        queued = sum(1 for j in jobs if j.state == "queued")
+        if failed is not None:
+            parts.append(f"⚠ {failed.label} failed: {type(failed.error).__name__}: {failed.error} — retry or drop")
+        if running is not None:
+            parts.append(f"{running.label} in flight…")
+        if queued:
+            parts.append(f"{queued} queued")
+        if self.last:
+            parts.append(f"last: {self.last}")
+        return " · ".join(parts)
+
+    def update(self) -> None:
+        failed = self.queue.failed is not None
+        text = self.text()
+        colour = "var(--jp-warn-color0,#b35900)" if failed else "var(--jp-ui-font-color2,#666)"
+        self.html.value = f"<span style='color:{colour}'>{html.escape(text)}</span>" if text else ""
+        for b in (self.retry, self.drop):
+            b.layout.display = "" if failed else "none"
+
+    def close(self) -> None:
+        self._unlisten()
 
 
 def session_bundle(root: w.Widget, text: str, panel: Any = None, **kwargs: Any) -> Any:

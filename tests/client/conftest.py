@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 import moondream_nb as md
+from moondream_nb.client.pacing import forget_all
 
 from .peer import FINETUNE_ID, Peer, moondream_routes
 
@@ -15,6 +16,7 @@ FAST = dict(backoff_base=0.001, backoff_cap=0.005)
 def _clean_env(monkeypatch):
     monkeypatch.delenv("MOONDREAM_API_KEY", raising=False)
     monkeypatch.delenv("MOONDREAM_ENDPOINT", raising=False)
+    forget_all()  # a peer's port may be reused: a limit learned in one test must not pace the next
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import time
 import uuid
 
 import pytest
+from PIL import Image
 
 import moondream_nb as md
 from moondream_nb.client.transport import RETRY_STATUSES
@@ -68,7 +69,7 @@ def test_backoff_is_exponential_full_jitter(peer):
                    max_retries=6, backoff_base=0.5, backoff_cap=4.0)
     sleeps: list[float] = []
     client._transport._sleep = sleeps.append
-    peer.script("GET", r".*/checkpoints", *[Reply(500)] * 6)
+    peer.script("GET", r".*/checkpoints", *[Reply(503)] * 6)
     client.list_checkpoints()
     caps = [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     assert len(sleeps) == 6
@@ -198,3 +199,64 @@ def test_transport_arguments_validated():
         md.ft("k", finetune_id="f", endpoint="http://127.0.0.1:1", timeout=0)
     with pytest.raises(md.ValidationError, match="endpoint"):
         md.ft("k", finetune_id="f", endpoint="not a url")
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_nothing_listening_fails_fast_and_says_so():
+    endpoint = f"http://127.0.0.1:{_closed_port()}/v1"
+    t0 = time.monotonic()
+    with pytest.raises(md.TransportError, match=r"nothing listens at http://127\.0\.0\.1:\d+ \(connection refused\)"):
+        md.ft(KEY, name="bolts", rank=8, endpoint=endpoint + "/tuning")
+    assert time.monotonic() - t0 < 3.5  # the connect budget (2 s), not the long retry budget (~96 s)
+    t0 = time.monotonic()
+    with pytest.raises(md.TransportError, match="nothing listens"):
+        md.vl(KEY, endpoint=endpoint).caption(Image.new("RGB", (8, 8)))
+    assert time.monotonic() - t0 < 3.5
+
+
+def test_unknown_host_fails_fast():
+    t0 = time.monotonic()
+    with pytest.raises(md.TransportError, match=r"unknown host 'no-such-host\.invalid'"):
+        md.ft(KEY, finetune_id=FINETUNE_ID, endpoint="http://no-such-host.invalid/v1/tuning")
+    assert time.monotonic() - t0 < 3.5
+
+
+def test_no_key_and_no_endpoint_says_what_to_set_without_sending(monkeypatch):
+    monkeypatch.delenv("MOONDREAM_API_KEY", raising=False)
+    monkeypatch.delenv("MOONDREAM_ENDPOINT", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(md.AuthenticationError, match=r"no API key for Moondream Cloud.*\$MOONDREAM_API_KEY.*"
+                                                      r"moondream_nb\.connect\(\)"):
+        md.ft(name="bolts", rank=8)
+    with pytest.raises(md.AuthenticationError, match="MOONDREAM_API_KEY"):
+        md.vl().caption(Image.new("RGB", (8, 8)))
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_a_500_is_retried_briefly_a_503_long(peer, tuning):
+    peer.script("GET", r".*/checkpoints", *[Reply(500, json={"error": {"message": "bug"}})] * 3)
+    with pytest.raises(md.ServerError, match=r"bug \(gave up after 3 answers of 500\)"):
+        tuning.list_checkpoints()
+    assert len(peer.records) == 3
+    peer.clear()
+    peer.script("POST", r".*/checkpoints/save", *[Reply(503)] * 5)
+    tuning.save_checkpoint()  # five 503s, then the answer: the long budget
+    assert len(peer.records) == 6
+
+
+def test_the_service_honours_keys_when_it_echoes_them(peer, tuning):
+    assert tuning.honours_idempotency is None  # nothing keyed was sent yet
+    tuning.train_step([SFT])
+    assert tuning.honours_idempotency is False  # this peer records no keys (as far as we can tell)
+    peer.script("POST", r".*/train_step", Reply(json={"step": 1, "applied": True},
+                                                       headers={"Idempotency-Key": "mine-1"}))
+    tuning.train_step([SFT], idempotency_key="mine-1")
+    assert peer.records[-1].headers["idempotency-key"] == "mine-1"
+    assert tuning.honours_idempotency is True

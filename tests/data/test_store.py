@@ -117,6 +117,65 @@ def test_steps_are_recorded_in_order(store):
     assert [s.step for s in store.steps()] == [1, 1, 5]
 
 
+def test_a_nested_rollouts_body_gets_its_image_back_inside(store):
+    """A group whose request is a full /rollouts body keeps the image in the inner request, where
+    the protocol wants it (an image on the outer level is ``image_url: required`` on the server)."""
+    body = {"finetune_id": "f", "num_rollouts": 1,
+            "request": {"skill": "point", "object": "bolt", "image_url": "data:image/jpeg;base64,AAAA"}}
+    rollouts = [{"skill": "point", "output": {"points": []}}]
+    store.add_rewards({"mode": "rl", "request": body, "rollouts": rollouts, "rewards": [0.0]}, image_id="a")
+    group = store.rewards("a")[0].group(image="IMG")
+    assert "image" not in group["request"] and group["request"]["request"]["image"] == "IMG"
+
+
+def test_scoring_marks_done_and_lists_unsent_in_one_transaction(store):
+    request = {"skill": "point", "object": "bolt", "image_url": "data:image/jpeg;base64,AAAA"}
+    group = {"mode": "rl", "request": request, "rollouts": [{"skill": "point", "output": {"points": []}}],
+             "rewards": [1.0]}
+    rid = store.add_rewards(group, image_id="a", done=True, state=lambda new: {"unsent": [new]})
+    assert store.status("a") == "done" and store.get_state("unsent") == [rid]
+    with pytest.raises(ValidationError):  # a failure writes none of the three
+        store.add_rewards(dict(group, rewards=[float("inf")]), image_id="b", done=True, state={"unsent": []})
+    assert store.status("b") is None and store.get_state("unsent") == [rid]
+    store.put(Label.point("c", "bolt", [(0.1, 0.1)]), done=True, state={"untrained": ["c"]})
+    assert store.status("c") == "done" and store.get_state("untrained") == ["c"]
+
+
+def test_batches_are_recorded_before_sending_and_answered_once(store):
+    sft = {"mode": "sft", "request": {"skill": "point", "object": "bolt", "image": "IMG"},
+           "target": {"points": [{"x": 0.5, "y": 0.5}]}}
+    store.set_state("untrained", ["a"])
+    batch = store.add_batch("ft-1", [sft], ["a"], 2e-4, source="labeling", state={"untrained": []})
+    assert store.get_state("untrained") == []  # cleared with the batch: no label is both
+    assert batch.state == "queued" and len(batch.key) == 36 and "image" not in batch.groups[0]["request"]
+    assert batch.train_groups(lambda image_id: f"image of {image_id}")[0]["request"]["image"] == "image of a"
+    other = store.add_batch("ft-2", [sft], ["a"], 1e-4, key="my-key")
+    store.batch_sent(batch.id)
+    assert [(b.id, b.state, b.key) for b in store.batches("ft-1")] == [(batch.id, "sent", batch.key)]
+    assert store.batches(source="labeling")[0].sent_at is not None
+    step_id = store.batch_done(batch.id, {"step": 1, "applied": True, "sft_loss": 0.5})
+    assert store.batches("ft-1") == [] and store.steps("ft-1")[0].id == step_id
+    store.drop_batch(other.id)
+    assert store.batches() == [] and store.steps("ft-2") == []
+    with pytest.raises(ValidationError, match="image_ids"):
+        store.add_batch("ft-1", [sft], [], 2e-4)
+
+
+def test_a_v1_store_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    with LabelStore(path) as s:
+        s.put(Label.point("a", "bolt", [(0.1, 0.1)]))
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE batches")
+    conn.execute("PRAGMA user_version=1")  # as an older moondream-nb left it
+    conn.commit()
+    conn.close()
+    with LabelStore(path) as s:
+        assert len(s) == 1 and s.batches() == []
+        s.add_batch("ft", [], [], 1e-4)
+        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
 def test_store_is_sqlite_wal_with_full_sync(tmp_path):
     path = tmp_path / "s.sqlite"
     s = LabelStore(path)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import nbclient
@@ -63,3 +64,36 @@ def test_quickstart_with_a_key_uses_that_endpoint_and_never_shows_the_key(monkey
     # everything the notebook made is on that endpoint: its finetune and its saved checkpoint
     assert "quickstart-star" in [f["name"] for f in listing["finetunes"]]
     assert checkpoints and checkpoints[0]["step"] > 0
+
+
+def test_human_in_the_loop_notebook_against_a_cloud_like_service(monkeypatch, tmp_path):
+    """Notebook 03 as a Moondream Cloud user runs it: a train step takes 3 s, rollouts 1 s, the
+    account is limited to 2 requests/s. It runs top to bottom, trains in the background, and pacing
+    keeps the 429s away from the person."""
+    from moondream_nb.local import serve
+
+    key = "md-remote-" + "c10ud" * 6
+    with serve(data_dir=tmp_path / "remote", api_key=key, threads=2, latency="cloud", rate_limit="2/s") as remote:
+        monkeypatch.setenv("MOONDREAM_API_KEY", key)
+        monkeypatch.setenv("MOONDREAM_ENDPOINT", remote.inference_endpoint)
+        monkeypatch.setenv("MOONDREAM_NB_AUTO", "1")
+        path = next(p for p in NOTEBOOKS if p.name.startswith("03_"))
+        nb = nbformat.read(path, as_version=4)
+        started = time.monotonic()
+        try:
+            nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                                    resources={"metadata": {"path": str(tmp_path)}}).execute()
+        finally:
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, ARTIFACTS / "03_human_in_the_loop_rl.cloud.ipynb")
+        took = time.monotonic() - started
+        ft = remote.ft(name="hitl-star", rank=8)
+        steps = requests.get(f"{remote.endpoint}/finetunes/{ft.finetune_id}/steps?limit=100",
+                             headers={"X-Moondream-Auth": key}, timeout=30).json()["steps"]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(str(o.get("text", "")) + str(o.get("data", {})) for o in outputs)
+    assert key not in text
+    # 32 scenes, 4 per step: 8 steps, each applied once (in order), in about the time the service needs
+    assert [s["step"] for s in steps] == list(range(1, len(steps) + 1)) and len(steps) >= 6
+    print(f"notebook 03 against the cloud-like service: {took:.0f} s, {len(steps)} steps")

@@ -149,16 +149,18 @@ def labeling_in_the_browser(lab) -> None:
 
 
 REVIEW = """\
+import time
 from dataclasses import replace
 from moondream_nb.data import Dataset
 from moondream_nb.local import serve
 from moondream_nb.sessions import ReviewSession
-server = serve(threads=1)
+server = serve(threads=1, latency="train_step=3,jitter=0")  # a cloud-like train step
 ft = server.ft(name="browser-review", rank=8)
 stars = demo_dataset(6, seed=4, concepts=["star"])
 mixed = Dataset([it if i % 2 == 0 else replace(it, labels=()) for i, it in enumerate(stars)])
 review = ReviewSession(ft, mixed, skill="point", prompt=lambda it: stars[it.image_id].labels_for("point")[0].prompt,
                        num_rollouts=4, group_size=2, auto=False, store={path!r})
+stamps = []
 """
 
 
@@ -177,14 +179,33 @@ def reviewing_in_the_browser(lab) -> None:
     panel.focus()
     for key in ("1", "1", "3", "1", "Enter"):  # rollouts 1 and 3 good, submit at once
         page.keyboard.press(key)
-    # the submit handler runs the train step too: wait for its end (the pending request moves on last)
-    assert _until(lab, "review.pending.image_id", ids[3]) == ids[3]
+    # the next request is on screen at once; labelled items 2 and 4 were scored by ground truth in the
+    # background meanwhile, so their 3 s train steps run while you review
+    assert _until(lab, "review.pending.image_id", ids[3], timeout=2.5) == ids[3]
     assert lab.value("review.counts['human']") == 1
-    assert lab.value("[(r.image_id, r.source, r.rewards) for r in review.store.rewards()][1]") == [
-        ids[1], "human", [1.0, 0.0, 1.0, 0.0]]
-    assert lab.value("review.steps[0]['step']") == 1
-    # the step reached the metrics panel beside the reviewer without re-displaying anything
+    assert lab.value(f"[(r.source, r.rewards) for r in review.store.rewards({ids[1]!r})]") == [
+        ["human", [1.0, 0.0, 1.0, 0.0]]]
+    out.locator(".mdnb-train-status", has_text="in flight").wait_for(timeout=10_000)
+    # a click on the new reviewer while a step is in flight reaches the kernel at once: it is not busy
+    lab.kernel("review.reviewer.observe(lambda change: stamps.append(time.time()), names=['rewards'])")
+    out.locator(".mdnb-session .mdnb-reviewer.mdnb-painted").wait_for(timeout=15_000)
+    row = out.locator('.mdnb-session .mdnb-reviewer .mdnb-item[data-r="2"]')
+    row.wait_for(timeout=5_000)
+    in_flight = "any(j.state == 'running' and j.label.startswith('train') for j in review.queue.jobs)"
+    assert lab.value(in_flight)
+    steps_before = lab.value("len(review.steps)")
+    clicked = time.time()
+    row.click()
+    assert _until(lab, "len(stamps)", 1, timeout=5) == 1
+    took = lab.value("stamps[0]") - clicked
+    assert lab.value("len(review.steps)") == steps_before, "the step landed first: the click measured nothing"
+    print(f"click -> kernel while a train step is in flight: {took * 1000:.0f} ms")
+    assert took < 1.0  # a session training on the kernel's thread held it for the whole step (3 s)
+    assert lab.value("review.reviewer.rewards")[2] == 1.0
+    # the steps land in the background and reach the metrics panel beside the reviewer
+    assert _until(lab, "len(review.steps) > 0", True, timeout=20)
     out.locator('.mdnb-metrics .mdnb-chart[data-name="reward_mean"]').wait_for(timeout=15_000)
+    out.locator(".mdnb-train-status", has_text="last: step").wait_for(timeout=5_000)
     out.locator(".mdnb-session-skip").click()
     assert _until(lab, "review.pending.image_id", ids[5]) == ids[5]
     assert lab.value("review.counts['skipped']") == 1

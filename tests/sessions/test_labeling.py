@@ -111,14 +111,13 @@ def test_prefill_from_the_finetune_and_from_vl(tmp_path, purple, server, ft):
     greedy = ft.rollouts("detect", image=item.image, object=prompt, num_rollouts=1,
                          settings={"temperature": 0.0})["rollouts"][0]["output"]
     session = LabelingSession(purple, tmp_path / "a.sqlite", "detect", ft=ft)
-    assert session.editor.target == {"boxes": [{k: o[k] for k in ("x_min", "y_min", "x_max", "y_max")}
-                                                for o in greedy["objects"]]}
+    first = {"boxes": [{k: o[k] for k in ("x_min", "y_min", "x_max", "y_max")} for o in greedy["objects"]]}
+    # the editor is there at once; the model's answer fills it when it arrives
+    assert until(lambda: session._prefilled is not None) and session.editor.target == first
     assert session.editor.prompt == f"detect: {prompt}"
+    assert session.store.labels(item.image_id) == []  # the model's answer is a start, not a label yet
     # while item 0 is on screen, item 1's answer is fetched ahead ...
-    deadline = time.monotonic() + 10
-    while not session._prefetch.ready(purple[1]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert session._prefetch.ready(purple[1])
+    assert until(lambda: session._prefetch.peek(purple[1])[0])
     asked = []
     real = ft.rollouts
     ft.rollouts = lambda *a, **kw: asked.append(kw.get("image")) or real(*a, **kw)
@@ -134,8 +133,17 @@ def test_prefill_from_the_finetune_and_from_vl(tmp_path, purple, server, ft):
     session.close()
 
     vl_session = LabelingSession(purple, tmp_path / "b.sqlite", "detect", vl=server.vl())
-    assert vl_session.editor.target == {"boxes": [{k: o[k] for k in ("x_min", "y_min", "x_max", "y_max")}
-                                                   for o in server.vl().detect(item.image, prompt)["objects"]]}
+    expected = {"boxes": [{k: o[k] for k in ("x_min", "y_min", "x_max", "y_max")}
+                          for o in server.vl().detect(item.image, prompt)["objects"]]}
+    assert until(lambda: vl_session._prefilled is not None) and vl_session.editor.target == expected
+
+
+def until(condition, timeout: float = 15.0) -> bool:
+    """Poll ``condition`` (background work lands on its own time); its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(condition())
 
 
 def test_train_every_k_items_sends_sft_steps_and_survives_restart(tmp_path, purple, ft):

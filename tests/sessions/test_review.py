@@ -26,6 +26,7 @@ def test_mixing_ground_truth_where_labelled_person_where_not(tmp_path, stars, ft
     mixed = half_unlabelled(stars)
     session = ReviewSession(ft, mixed, skill="point", prompt="star", store=tmp_path / "r.sqlite", num_rollouts=4,
                             group_size=2, metrics=False, auto=False)
+    assert session.wait(60)
     # item 0 was scored by the server against its label; item 1 has none: it waits for you
     assert session.counts["ground_truth"] == 1 and session.counts["human"] == 0
     assert isinstance(session.reviewer, RolloutReviewer) and session.pending.image_id == mixed[1].image_id
@@ -33,6 +34,7 @@ def test_mixing_ground_truth_where_labelled_person_where_not(tmp_path, stars, ft
     session.reviewer.rewards = [1.0, 0.0, 0.0, 1.0]
     session.reviewer.submit()  # what the Submit button / Enter do
     assert session.counts["human"] == 1
+    assert session.wait(60)
     assert len(session.steps) == 1  # two scored requests = one train step of two groups
     assert session.pending.image_id == mixed[3].image_id  # item 2 (labelled) went straight through
     records = session.store.rewards()
@@ -75,15 +77,17 @@ def test_scored_but_untrained_groups_survive_a_restart(tmp_path, stars, ft):
     path = tmp_path / "r.sqlite"
     first = ReviewSession(ft, stars, skill="point", store=path, num_rollouts=3, group_size=64, metrics=False,
                           auto=True)
+    assert first.wait(60)
     # every item is labelled: the constructor scored them all by ground truth; 64 per step: none sent yet
     assert first.finished and first.steps == [] and len(first._groups) == 6
     first.close()
     first.store.close()
 
     again = ReviewSession(ft, stars, skill="point", store=path, num_rollouts=3, group_size=64, metrics=False)
+    assert again.wait(60)
     assert again.finished  # every item is done: nothing is sampled again
     assert len(again._groups) == 6  # ... but the six scored groups came back from the store
-    result = again.flush()  # one step of six groups (applied unless every group's rewards are all equal)
+    result = again.flush().wait(60)  # one step of six groups (applied unless every group's rewards are all equal)
     assert [r.result for r in again.store.steps(ft.finetune_id)] == [result] and again._groups == []
     assert again.store.get_state(f"review/{ft.finetune_id}/unsent") == []
     assert again.flush() is None
@@ -99,6 +103,7 @@ def test_iterator_source_and_query_stand_in(tmp_path, ft):
             yield it, {"skill": "query", "image": it.image, "question": lb.prompt, "num_rollouts": 3}
 
     session = ReviewSession(ft, requests(), store=tmp_path / "q.sqlite", group_size=2, metrics=False, auto=True)
+    assert session.wait(60)
     assert session.pending is not None and session.pending.context is data[0]
     counts = session.run()
     assert counts["auto"] == 4 and counts["steps"] == 2
@@ -113,6 +118,7 @@ def test_ground_truth_in_iterator_kwargs_is_scored_by_the_server(ft):
     pairs = [(it.image_id, dict(it.labels_for("point")[0].request(it.image), num_rollouts=2,
                                  ground_truth=it.labels_for("point")[0].ground_truth)) for it in data]
     session = ReviewSession(ft, pairs, group_size=1, metrics=False, auto=False)
+    assert session.wait(60)
     assert session.finished and session.counts["ground_truth"] == 2 and len(session.steps) == 2
     assert session.counts["human"] == 0 and session.reviewer is None  # nobody was asked
 
@@ -131,6 +137,7 @@ def test_arguments_are_checked(stars, ft):
 def test_display_shows_the_metrics_picture_when_finished(ft):
     data = demo_dataset(2, seed=8, concepts=["star"])
     session = ReviewSession(ft, data, skill="point", group_size=2, num_rollouts=4, auto=False)
+    assert session.wait(60)
     assert session.finished and len(session.steps) == 1
     bundle, _meta = session._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["image/png"][:4] == b"\x89PNG"
