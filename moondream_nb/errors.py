@@ -118,7 +118,15 @@ class ServerError(MoondreamError):
 
 
 class TransportError(MoondreamError):
-    """No usable response: connection refused or reset, timeout, broken stream."""
+    """No usable response: connection refused or reset, timeout, broken stream.
+
+    ``sent`` is False when no connection was ever made (nothing reached the server), True when the
+    request may have reached it and only the answer was lost.
+    """
+
+    def __init__(self, message: str, *, sent: bool = True, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.sent = sent
 
 
 def scrub(text: str, secrets: Iterable[str | None]) -> str:

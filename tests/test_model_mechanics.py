@@ -298,3 +298,39 @@ def test_pointer_query_on_the_colour_code_selects_cells_of_that_colour_and_adapt
     logits = model(x[None], tokens, torch.tensor([0]), ad)[0, -1]
     torch.log_softmax(logits, -1)[tk.CELL0 + cell].backward()
     assert ad.params["ptr_code"][1].grad.abs().sum() > 0
+
+
+def test_a_step_in_chunks_is_the_step_in_one_batch(model, monkeypatch):
+    """Micro-batches bound a step's memory; their gradients add up to the one-batch gradient."""
+    import moondream_nb.local.train as T
+
+    scenes = [sc.make_scene(40 + i, size=(200, 150), n_objects=4) for i in range(3)]
+    prepped = [preprocess(s.image) for s in scenes]
+    images = torch.stack([x for x, _ in prepped])
+    rng = random.Random(5)
+    rl, sft = [], []
+    for i, (s, (_, frame)) in enumerate(zip(scenes, prepped)):
+        req, gt = sc.make_task(s, "point", rng)
+        outs = [{"points": [{"x": rng.random(), "y": rng.random()} for _ in range(k % 4)]} for k in range(6)]
+        rl.append(RLGroup([Example(i, frame, req, o) for o in outs], [rng.random() for _ in outs]))
+        req, boxes = sc.make_task(s, "detect", rng)
+        sft.append(Example(i, frame, req, {"objects": boxes["boxes"]}))
+
+    def step(budget):
+        monkeypatch.setattr(T, "TOKENS_PER_CHUNK", budget)
+        torch.manual_seed(1)
+        adapter = Adapter(model, rank=8)
+        for _, b in adapter.params.values():
+            torch.nn.init.normal_(b, std=0.02)  # a trained adapter: the LoRA path carries gradient both ways
+        result = train_step(model, adapter, make_optimizer(adapter), images, rl, sft, lr=1e-3)
+        return result, {name: (a.grad.clone(), b.grad.clone()) for name, (a, b) in adapter.params.items()}
+
+    whole, g_whole = step(10**9)
+    parts, g_parts = step(1)  # every example alone
+    assert len(list(T.chunks(sft, budget=1))) == len(sft) and len(list(T.chunks(sft, budget=10**9))) == 1
+    for key in ("kl", "sft_loss", "grad_norm"):
+        assert getattr(parts, key) == pytest.approx(getattr(whole, key), rel=1e-4, abs=1e-7)
+    assert parts.extra["retain_kl"] == pytest.approx(whole.extra["retain_kl"], rel=1e-4, abs=1e-7)
+    for name, (ga, gb) in g_whole.items():
+        assert torch.allclose(g_parts[name][0], ga, rtol=1e-3, atol=1e-6), name
+        assert torch.allclose(g_parts[name][1], gb, rtol=1e-3, atol=1e-6), name

@@ -320,7 +320,10 @@ class Transport:
                     return resp
                 error, cause = self._http_error(resp, shown), None
                 retry_after = parse_retry_after(resp.headers.get("Retry-After"))
-                self.pacer.observe(started, resp.status_code, resp.headers, retry_after)
+                # A wait longer than we would ever sit through (a daily quota) is not a pace for the
+                # other threads: this call raises, theirs meet their own 429s.
+                hold = retry_after if retry_after is None or retry_after <= self.max_retry_after else None
+                self.pacer.observe(started, resp.status_code, resp.headers, hold)
                 if resp.status_code not in RETRY_STATUSES:
                     raise error
                 if resp.status_code == 500:
@@ -361,7 +364,7 @@ class Transport:
             text = f"{shown}: unknown host {host!r}; check the endpoint"
         else:
             text = f"{shown}: nothing listens at {where} ({why}); is the server running and the endpoint right?"
-        return TransportError(scrub(f"{text} (gave up after {waited:.1f} s)", [self._api_key]))
+        return TransportError(scrub(f"{text} (gave up after {waited:.1f} s)", [self._api_key]), sent=False)
 
     def _http_error(self, resp: requests.Response, shown: str) -> MoondreamError:
         try:

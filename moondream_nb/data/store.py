@@ -25,7 +25,6 @@ from .labels import Label
 __all__ = ["BatchRecord", "LabelStore", "Progress", "RewardRecord", "StepRecord"]
 
 SCHEMA_VERSION = 2  # v2: train batches (v1 files are upgraded in place)
-BATCH_STATES = ("queued", "sent")
 STATUSES = ("done", "skipped")
 _IMAGE_KEYS = ("image", "image_url")
 # Stands in for a stripped image when an RL group is validated (protocol wants image_url).
@@ -176,6 +175,7 @@ class LabelStore:
 
     def __init__(self, path: str | os.PathLike, *, timeout: float = 10.0) -> None:
         self.path = os.fspath(path)
+        self.key = os.path.realpath(self.path)  # the same file however its path is written
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         self._lock = threading.RLock()

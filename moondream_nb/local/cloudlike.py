@@ -146,6 +146,8 @@ class Buckets:
 
     def take(self, key: str) -> float:
         now = self.clock()
+        if len(self._state) > 10_000:
+            self._forget_full(now)
         tokens, at = self._state.get(key, (self.limit.burst, now))
         tokens = min(self.limit.burst, tokens + (now - at) * self.limit.per_second)
         if tokens >= 1.0:
@@ -153,6 +155,13 @@ class Buckets:
             return 0.0
         self._state[key] = (tokens, now)
         return (1.0 - tokens) / self.limit.per_second
+
+    def _forget_full(self, now: float) -> None:
+        """Drop buckets that have refilled (any header value makes one, a wrong key included)."""
+        full = [k for k, (tokens, at) in self._state.items()
+                if tokens + (now - at) * self.limit.per_second >= self.limit.burst]
+        for k in full:
+            del self._state[k]
 
 
 Send = Callable[[dict], Awaitable[None]]

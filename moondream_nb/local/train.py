@@ -12,7 +12,8 @@ import math
 import random
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from functools import cached_property
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,11 @@ ANCHORS_PER_IMAGE = 2
 ANCHORS_PER_STEP = 8  # a cap: an anchor's forward and backward cost as much as an SFT example's
 ANCHORS_PRESENT = 0.75  # the share of anchors about something the base sees in the image
 CLIP_NORM = 1.0
+# Padded tokens per forward/backward. A step's memory is bounded by this, not by its size: the
+# largest valid step (64 RL groups x 16 rollouts of long answers) runs as chunks whose gradients add
+# up to the one-batch gradient (same update within float tolerance). Peaks measured in
+# benchmarks/results/train_memory.txt.
+TOKENS_PER_CHUNK = 4096
 
 
 @dataclass
@@ -39,7 +45,9 @@ class Example:
     request: dict[str, Any]
     output: dict[str, Any]
 
+    @cached_property
     def tokens(self) -> tuple[list[int], list[int], list[int]]:
+        """(prompt, answer, grammar states) token ids, derived once."""
         skill = self.request["skill"]
         reasoning = bool(self.request.get("reasoning")) and skill == "query"
         prompt = tk.prompt_tokens(self.frame, self.request)
@@ -65,10 +73,12 @@ class StepResult:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _batch(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+def _batch(examples: Sequence[Example], rows: dict[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Padded teacher-forcing tensors; ``rows`` maps an example's image to its row in the memory the
+    batch is run over (default: the image index itself)."""
     seqs = []
     for ex in examples:
-        prompt, answer, states = ex.tokens()
+        prompt, answer, states = ex.tokens
         seq = prompt + answer
         seqs.append((seq[:-1], [-100] * (len(prompt) - 1) + answer, [tk.S_NONE] * (len(prompt) - 1) + states))
     t = max(len(s[0]) for s in seqs)
@@ -79,8 +89,51 @@ def _batch(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         tokens[k, : len(inp)] = torch.tensor(inp)
         targets[k, : len(tgt)] = torch.tensor(tgt)
         states[k, : len(st)] = torch.tensor(st)
-    return {"tokens": tokens, "targets": targets, "states": states, "index": torch.tensor([ex.image for ex in examples])}
+    index = [ex.image if rows is None else rows[ex.image] for ex in examples]
+    return {"tokens": tokens, "targets": targets, "states": states, "index": torch.tensor(index)}
 
+
+def _length(ex: Example) -> int:
+    prompt, answer, _ = ex.tokens
+    return len(prompt) + len(answer) - 1
+
+
+def _answer_tokens(ex: Example) -> int:
+    return len(ex.tokens[1])
+
+
+def chunks(items: Sequence[Any], example: Any = lambda x: x, budget: int | None = None) -> Iterator[list[Any]]:
+    """``items`` in runs whose padded size (count x longest) stays within ``budget`` tokens
+    (default :data:`TOKENS_PER_CHUNK`), those of one image together (a chunk encodes only its own
+    images); a single longer example is a run of its own."""
+    budget = TOKENS_PER_CHUNK if budget is None else budget
+    order = sorted(items, key=lambda it: example(it).image)
+    run: list[Any] = []
+    longest = 0
+    for it in order:
+        n = _length(example(it))
+        if run and max(longest, n) * (len(run) + 1) > budget:
+            yield run
+            run, longest = [], 0
+        run.append(it)
+        longest = max(longest, n)
+    if run:
+        yield run
+
+
+class _Chunk:
+    """One micro-batch: its examples' tensors over the adapter's (with grad) and the base's (no
+    grad) memory of just the images it uses."""
+
+    def __init__(self, model: VLM, adapter: Adapter, images: torch.Tensor, examples: Sequence[Example],
+                 base: Memory | None) -> None:
+        used = sorted({ex.image for ex in examples})
+        rows = {image: k for k, image in enumerate(used)}
+        index = torch.tensor(used)
+        self.images = images[index]
+        self.batch = _batch(examples, rows)
+        self.memory = model.encode(self.images, adapter)
+        self.base = base.select(index) if base is not None else None
 
 def token_logprobs(model: VLM, adapter: Adapter | None, images: torch.Tensor, b: dict[str, torch.Tensor],
                    memory: Memory | None = None) -> torch.Tensor:
@@ -163,13 +216,19 @@ def anchors(model: VLM, base: Memory, examples: Sequence[Example]) -> list[Examp
 def retention_kl(model: VLM, adapter: Adapter, images: torch.Tensor, anchor: Sequence[Example],
                  memory: Memory, base: Memory) -> torch.Tensor:
     """Mean KL(base ‖ adapter) of the next-token distributions over the anchors' answer tokens."""
-    b = _batch(anchor)
+    total, count = _retention_sum(model, adapter, images, _batch(anchor), memory, base)
+    return total / max(count, 1)
+
+
+def _retention_sum(model: VLM, adapter: Adapter, images: torch.Tensor, b: dict[str, torch.Tensor],
+                   memory: Memory, base: Memory) -> tuple[torch.Tensor, int]:
+    """(sum over answer tokens of KL(base ‖ adapter), how many tokens)."""
     logp = _masked_logp(model, adapter, images, b, memory)
     with torch.no_grad():
         ref = _masked_logp(model, None, images, b, base)
     on = (b["targets"] != -100).float()
     kl = (ref.exp() * (ref - logp)).sum(-1)
-    return (kl * on).sum() / on.sum().clamp_min(1)
+    return (kl * on).sum(), int(on.sum())
 
 
 def advantages(rewards: Sequence[float]) -> list[float] | None:
@@ -206,42 +265,52 @@ def train_step(model: VLM, adapter: Adapter, optimizer: torch.optim.Optimizer, i
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    loss = torch.zeros(())
     kl_value = sft_value = None
     extra: dict[str, float] = {}
-    memory = model.encode(images, adapter)
     base = None
     if weighted or retain_coef > 0:  # the base's view: the RL reference and the anchors' answers
         with torch.no_grad():
             base = model.encode(images, None)
+    # Every term is a mean over all the step's examples (or tokens): each chunk adds its share of the
+    # sum and backpropagates at once, so the graph of one chunk is alive at a time.
     if weighted:
-        b = _batch([ex for ex, _ in weighted])
-        mask = (b["targets"] != -100).float()
-        n_tok = mask.sum(1).clamp_min(1)
-        logp = token_logprobs(model, adapter, images, b, memory)
-        with torch.no_grad():
-            ref = token_logprobs(model, None, images, b, base)
-        adv = torch.tensor([a for _, a in weighted])
-        pg = -(adv * (logp.sum(1) / n_tok)).mean()
-        # k3 estimator of KL(policy || base) on the sampled tokens: unbiased and never negative.
-        diff = (ref - logp) * mask
-        kl_tok = (torch.exp(diff) - diff - 1) * mask
-        kl = (kl_tok.sum(1) / n_tok).mean()
-        loss = loss + pg + kl_coef * kl
-        kl_value = kl.item()
+        kl_total = 0.0
+        for run in chunks(weighted, lambda w: w[0]):
+            c = _Chunk(model, adapter, images, [ex for ex, _ in run], base)
+            mask = (c.batch["targets"] != -100).float()
+            n_tok = mask.sum(1).clamp_min(1)
+            logp = token_logprobs(model, adapter, c.images, c.batch, c.memory)
+            with torch.no_grad():
+                ref = token_logprobs(model, None, c.images, c.batch, c.base)
+            adv = torch.tensor([a for _, a in run])
+            pg = -(adv * (logp.sum(1) / n_tok)).sum() / len(weighted)
+            # k3 estimator of KL(policy || base) on the sampled tokens: unbiased and never negative.
+            diff = (ref - logp) * mask
+            kl_tok = (torch.exp(diff) - diff - 1) * mask
+            kl = (kl_tok.sum(1) / n_tok).sum() / len(weighted)
+            (pg + kl_coef * kl).backward()
+            kl_total += kl.item()
+        kl_value = kl_total
     if sft:
-        b = _batch(sft)
-        logp = token_logprobs(model, adapter, images, b, memory)
-        ce = -logp.sum() / (b["targets"] != -100).sum().clamp_min(1)
-        loss = loss + ce
-        sft_value = ce.item()
+        n_target = max(1, sum(_answer_tokens(ex) for ex in sft))
+        sft_total = 0.0
+        for run in chunks(sft):
+            c = _Chunk(model, adapter, images, run, None)
+            ce = -token_logprobs(model, adapter, c.images, c.batch, c.memory).sum() / n_target
+            ce.backward()
+            sft_total += ce.item()
+        sft_value = sft_total
     if base is not None and retain_coef > 0:
         anchor = anchors(model, base, [ex for ex, _ in weighted] + list(sft))
         if anchor:
-            retain = retention_kl(model, adapter, images, anchor, memory, base)
-            loss = loss + retain_coef * retain
-            extra["retain_kl"] = retain.item()
-    loss.backward()
+            n_anchor = max(1, sum(_answer_tokens(ex) for ex in anchor))
+            retain_total = 0.0
+            for run in chunks(anchor):
+                c = _Chunk(model, adapter, images, run, base)
+                total, _ = _retention_sum(model, adapter, c.images, c.batch, c.memory, c.base)
+                (retain_coef * total / n_anchor).backward()
+                retain_total += total.item() / n_anchor
+            extra["retain_kl"] = retain_total
     grad_norm = float(torch.nn.utils.clip_grad_norm_(adapter.parameters(), CLIP_NORM))
     if not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)

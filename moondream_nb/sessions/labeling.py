@@ -103,7 +103,7 @@ class LabelingSession:
         self._lock = threading.RLock()
         self._standing_in = False  # run() is answering, not the person
         self._lookahead = Lookahead(lookahead, least=1)
-        self._prefetch = Prefetch(self._greedy, lambda: self.ft.step if self.ft is not None else None,
+        self._prefetch = Prefetch(self._greedy, lambda: (self.ft.step or 0) if self.ft is not None else None,
                                   lookahead=self._lookahead)
         self.queue = queue_for(ft) if ft is not None else None
         self._train = TrainStatus(self.queue) if self.queue is not None else None
@@ -268,7 +268,8 @@ class LabelingSession:
         # Saved on every edit, not only on "next": a crash mid-item keeps the work so far.
         if self._applying:  # the model's late answer: a starting point, not the person's label yet
             return
-        self._touched = True
+        with self._lock:  # a late model answer checks this under the same lock before it writes
+            self._touched = True
         try:
             label = self.label()
         except ValidationError as exc:  # e.g. points and boxes mixed: keep the last good one
@@ -373,9 +374,9 @@ class LabelingSession:
         for start in range(0, len(labels), protocol.MAX_GROUPS):
             chunk = labels[start:start + protocol.MAX_GROUPS]
             groups = sft_groups(chunk, self.dataset, reasoning=self.reasoning)
-            last = start + protocol.MAX_GROUPS >= len(labels)
+            rest = [lb.image_id for lb in labels[start + protocol.MAX_GROUPS:]]  # not yet in a batch
             batch = self.store.add_batch(self.ft.finetune_id, groups, [lb.image_id for lb in chunk], self.lr,
-                                         source="labeling", state={self._state_key: []} if last else None)
+                                         source="labeling", state={self._state_key: rest})
             job = self.queue.submit(self._train_job(batch, groups))
         return job
 
@@ -394,7 +395,11 @@ class LabelingSession:
     def _resume(self) -> None:
         """Queue the batches a previous session recorded and did not see answered."""
         if self.queue is not None:
-            resume_batches(self.queue, self.store, self.ft, "labeling", lambda i: i in self.dataset, self._train_job)
+            others = resume_batches(self.queue, self.store, self.ft, "labeling", lambda i: i in self.dataset,
+                                    self._train_job)
+            if others:
+                self._view.set_status(f"{others} recorded SFT step(s) of this finetune hold images of another "
+                                      "dataset: left for the session they belong to")
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no SFT step of this finetune is queued or in flight (a failed one,

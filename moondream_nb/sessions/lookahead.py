@@ -16,7 +16,7 @@ class Lookahead:
         most: the bound (memory, and how stale a prefetched answer may get).
         least: fetched ahead even before anything is measured.
         latency: seconds per call assumed until one is measured.
-        person: seconds per item assumed until the person is measured (a fast person: 1.5).
+        person: seconds per item assumed until the person is measured (2 s: a fast person takes 1.5).
     """
 
     def __init__(self, most: int, least: int = 2, latency: float = 1.0, person: float = 2.0) -> None:

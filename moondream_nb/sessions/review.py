@@ -23,7 +23,8 @@ from typing import Any
 from .. import protocol
 from ..client.stream import stream_calls
 from ..data import BatchRecord, Dataset, Item, LabelStore
-from ..errors import MoondreamError, RateLimitError, ServerError, TransportError
+from ..errors import (AuthenticationError, MoondreamError, NotFoundError, RateLimitError, ServerError,
+                      TransportError)
 from ..widgets import MetricsPanel, RolloutReviewer
 from ..widgets.reviewer import REWARD_MODES
 from .auto import auto_default
@@ -81,9 +82,11 @@ class ReviewSession:
 
     Staleness: a request is sampled from the finetune's latest step when it is sent. One whose
     rollouts come from weights more than ``max_staleness`` steps behind the finetune's current
-    step (as this client knows it) is sampled again before it is shown or trained on, so with the
-    default a group is never trained on rollouts more than one step old. At most ``lookahead``
-    requests are sampled ahead; fewer when the person is slower than the service.
+    step (as this client knows it) when it would be shown to you, or scored by ground truth, is
+    sampled again. A request you scored is trained on as you scored it: it waits for its group to
+    fill and for the steps queued before it (at most two for ground-truth items), so it can age by
+    those too. At most ``lookahead`` requests are sampled ahead; fewer when you are slower than the
+    service.
 
     Resuming: reopening the store resumes. Scored groups not yet sent come back; batches that
     were recorded but never sent are sent; a batch whose step was in flight when the kernel
@@ -183,11 +186,14 @@ class ReviewSession:
         ], side=self.metrics, footer=self._train.root)
         self._view.set_waiting("sampling rollouts…")
         self._refresh("sampling the first requests…")
-        if self.store is not None:  # one live session per store and finetune: re-running a cell replaces it
-            previous = _live.get((self.store.path, ft.finetune_id))
-            if previous is not None:
-                previous.close(wait=False)
-            _live[(self.store.path, ft.finetune_id)] = self
+        # One live session per finetune (and store): re-running the cell replaces the old one, which
+        # stops sampling and accepting at once (its queued steps still land: they are your work).
+        live_key = (self.store.key if self.store is not None else None, str(getattr(ft, "endpoint", "")),
+                    ft.finetune_id)
+        previous = _live.get(live_key)
+        if previous is not None:
+            previous._stop()
+        _live[live_key] = self
         self._pump = threading.Thread(target=self._run_pump, name="mdnb-review", daemon=True)
         self._pump.start()
 
@@ -302,6 +308,14 @@ class ReviewSession:
 
     def _sampling_failed(self, tag: _Tag, error: MoondreamError) -> None:
         where = f"{tag.context.image_id}: " if isinstance(tag.context, Item) else ""
+        if isinstance(error, (AuthenticationError, NotFoundError)):  # nothing more can be sampled here
+            with self._cond:
+                self._outstanding -= 1
+                self._closing = True
+                self._cond.notify_all()
+            self._refresh(f"⚠ sampling stopped: {type(error).__name__}: {error} (a revoked key or a deleted "
+                          "finetune); fix it and create the session again")
+            return
         if isinstance(error, (TransportError, ServerError, RateLimitError)):  # the service, not the request
             with self._cond:
                 self._tries += 1
@@ -322,38 +336,55 @@ class ReviewSession:
         step = pending.sampled_step if isinstance(pending, Pending) else pending.step
         return (self.ft.step or 0) - step > self.max_staleness
 
+    def _again(self, tag: _Tag) -> None:
+        """Sample ``tag`` again (its rollouts are too stale)."""
+        with self._cond:
+            self._redo.append(tag)
+            self._outstanding -= 1
+            self._cond.notify_all()
+
     def _take(self, tag: _Tag, response: dict) -> None:
         self._tries = 0
         pending = Pending(tag.context, response, tag.labelled, tag.stand_in, tag.step, tag)
-        if self._stale(pending):
-            with self._cond:
-                self._redo.append(tag)
-                self._outstanding -= 1
-                self._cond.notify_all()
-            return
         if tag.labelled and response.get("rewards") is not None and not self.review_labelled:
             self._wait_for_room()
+            if self._stale(pending):  # checked after the wait: steps may have landed meanwhile
+                self._again(tag)
+                return
             with self._cond:
+                if self._closing:
+                    return
                 self._accept(pending, response, response["rewards"], "ground_truth")
                 self._outstanding -= 1
                 self._cond.notify_all()
                 if self.pending is None:
                     self._refresh("scoring labelled requests by ground truth…")
             return
+        if self._stale(pending):
+            self._again(tag)
+            return
         # Built here, off the kernel's thread: showing it after Enter is then a swap.
         pending.reviewer = RolloutReviewer(response, rewards=self.reward_mode, width=self.width)
         pending.reviewer.on_submit(self.submit)
         with self._cond:
+            if self._closing:
+                pending.reviewer.close()
+                return
             self._ready.append(pending)
             if self.pending is None:
                 self._show_next()
             self._cond.notify_all()
 
     def _wait_for_room(self) -> None:
-        """Ground-truth items train without the person: don't let them run ahead of training."""
+        """Ground-truth items train without the person: they wait while two steps are queued or
+        running, or a failed step holds the queue (the training line says so; :meth:`run` raises)."""
+        told = False
         with self._cond:
-            while not self._closing and len(self.queue.jobs) >= 2:  # the queue does not notify us: poll
-                self._cond.wait(0.1)
+            while not self._closing and (self.queue.failed is not None or self.queue.active >= 2):
+                if self.queue.failed is not None and not told and self.pending is None:
+                    self._refresh("waiting: a failed train step holds the queue; retry or drop it below")
+                    told = True
+                self._cond.wait(0.1)  # the queue does not notify us: poll
 
     def _show_next(self) -> None:
         """(Under the lock.) Put the next fresh sampled request on screen, or the waiting state."""
@@ -394,7 +425,7 @@ class ReviewSession:
         """
         with self._cond:
             reviewer = reviewer or self.reviewer
-            if reviewer is None or self.pending is None or reviewer is not self.reviewer:
+            if reviewer is None or self.pending is None or reviewer is not self.reviewer or self._closing:
                 return
             group = reviewer.group()
             source = "auto" if self._standing_in else "human"
@@ -408,7 +439,7 @@ class ReviewSession:
     def skip(self) -> None:
         """Drop the request on screen (marked skipped in the store) and show the next one."""
         with self._cond:
-            if self.pending is None:
+            if self.pending is None or self._closing:
                 return
             if self.store is not None and self.pending.image_id is not None:
                 self.store.mark(self.pending.image_id, "skipped")
@@ -442,6 +473,13 @@ class ReviewSession:
         """
         with self._cond:
             return self._send_groups()
+
+    def _stop(self) -> None:
+        """Stop sampling and accepting without waiting (a newer session of the same finetune took over)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._refresh("replaced by a newer session of this finetune (re-run cell): this one is closed")
 
     def _send_groups(self) -> Job | None:
         """(Under the lock.) Record the scored groups as a batch and queue its train step."""
@@ -499,7 +537,11 @@ class ReviewSession:
                     self._group_ids.append(record.image_id)
                     self._record_ids.append(record.id)
             resumed_full = len(self._groups) >= self.group_size
-        resume_batches(self.queue, self.store, self.ft, "review", lambda i: i in self.source, self._train_job)
+        others = resume_batches(self.queue, self.store, self.ft, "review", lambda i: i in self.source,
+                                self._train_job)
+        if others:
+            self._view.set_status(f"{others} recorded train step(s) of this finetune hold images of another "
+                                  "dataset: left for the session they belong to")
         if resumed_full:  # a full group was scored before the restart: its step is due (behind the batches)
             with self._cond:
                 self._send_groups()
@@ -552,8 +594,13 @@ class ReviewSession:
         try:
             while limit is None or handled < limit:
                 with self._cond:
-                    self._cond.wait_for(lambda: self.pending is not None or self.finished or self._closing)
+                    while not (self.pending is not None or self.finished or self._closing
+                               or self.queue.failed is not None):
+                        self._cond.wait(0.1)  # the queue does not notify us: poll
                     pending = self.pending
+                failed = self.queue.failed
+                if failed is not None and failed.error is not None:
+                    raise failed.error
                 if pending is None:
                     break
                 rewards = self.stand_in_rewards(pending)

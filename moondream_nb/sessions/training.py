@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import MoondreamError
+from ..errors import MoondreamError, TransportError
 
 __all__ = ["Job", "TrainQueue", "UncertainStep", "batch_job", "queue_for", "resume_batches"]
 
@@ -57,16 +57,20 @@ class Job:
             the job's error when it failed (the job stays failed: retry it on the queue);
             TimeoutError when ``timeout`` passed first; RuntimeError when it was dropped.
         """
+        # The event is set when the job ends (done, failed, dropped) and cleared by a retry before
+        # the job is queued again, so a wake-up is never lost; the deadline is one for all waits.
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if not self._event.wait(timeout):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._event.wait(left):
                 raise TimeoutError(f"{self.label}: still {self.state} after {timeout:g} s")
-            if self.state == "done":
+            state = self.state
+            if state == "done":
                 return self.result
-            if self.state == "failed" and self.error is not None:
+            if state == "failed" and self.error is not None:
                 raise self.error
-            if self.state == "dropped":
+            if state == "dropped":
                 raise RuntimeError(f"{self.label}: dropped")
-            self._event.clear()  # retried meanwhile: wait again
 
     @property
     def seconds(self) -> float | None:
@@ -139,17 +143,23 @@ class TrainQueue:
             return next((j for j in self._jobs if j.state == "failed"), None)
 
     @property
-    def idle(self) -> bool:
-        """Nothing queued or running (a failed job waiting for retry/drop is not work)."""
+    def active(self) -> int:
+        """Jobs queued or running (failed ones waiting for retry/drop are not work)."""
         with self._cond:
-            return not any(j.state in ("queued", "running") for j in self._jobs)
+            return sum(1 for j in self._jobs if j.state in ("queued", "running"))
+
+    @property
+    def idle(self) -> bool:
+        """Nothing will run until someone acts: the queue is empty or a failed job holds it."""
+        with self._cond:
+            return not self._jobs or self._jobs[0].state == "failed"
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until nothing is queued or running (or a failure holds the queue). Returns
-        False when ``timeout`` passed first."""
+        """Block until the queue is :attr:`idle` (done, or held by a failure). Returns False when
+        ``timeout`` passed first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while any(j.state in ("queued", "running") for j in self._jobs) and self.failed is None:
+            while self._jobs and self._jobs[0].state != "failed":
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -164,6 +174,7 @@ class TrainQueue:
             job = job or self.failed
             if job is None or job.state != "failed":
                 return
+            job._event.clear()  # before it is queued again: a waiter then waits for the new end
             job.state, job.error = "queued", None
             self._wake()
         self._tell(job)
@@ -263,51 +274,76 @@ def batch_job(label: str, ft: Any, lr: float, *, store: Any = None, batch: Any =
 
     With a ``store`` and ``batch``: the batch is marked sent just before sending and, when the
     answer comes, saved as a step and removed in one transaction; dropping the job forgets it.
-    Then ``on_result(result)``.
+    Then ``on_result(result)`` (once, whatever is retried). An answer lost after sending (a timeout,
+    a dropped connection) from a service not known to record keys fails as :class:`UncertainStep`:
+    a retry may then train twice, and the person is told so.
     """
     key = batch.key if batch is not None else str(uuid.uuid4())
+    progress = {"recorded": False, "notified": False}
 
     def run() -> dict:
         sent = list(groups) if groups is not None else batch.train_groups(image_of)
         if store is not None:
             store.batch_sent(batch.id)  # from here on the service may have applied it
-        return ft.train_step(sent, lr=lr, idempotency_key=key)
+        try:
+            return ft.train_step(sent, lr=lr, idempotency_key=key)
+        except TransportError as exc:
+            if exc.sent and not getattr(ft, "honours_idempotency", None):
+                raise UncertainStep(f"its answer was lost ({exc}); the service may have applied it, and it is "
+                                    "not known to recognise the repeated Idempotency-Key: retry may train on it "
+                                    "twice, drop forgets it") from exc
+            raise
 
     def done(result: dict) -> None:
-        if store is not None:
+        if store is not None and not progress["recorded"]:
             store.batch_done(batch.id, result)
-        if on_result is not None:
+            if getattr(ft, "honours_idempotency", None):  # remembered for a resume after a restart
+                store.set_state(honours_key(ft), True)
+        progress["recorded"] = True
+        if on_result is not None and not progress["notified"]:
+            progress["notified"] = True
             on_result(result)
 
     def dropped() -> None:
-        if store is not None:
+        if store is not None and not progress["recorded"]:
             store.drop_batch(batch.id)
 
-    return Job(label, run, done, dropped, meta=(store.path if store is not None else None,
+    return Job(label, run, done, dropped, meta=(store.key if store is not None else None,
                                                 batch.id if batch is not None else key))
 
 
+def honours_key(ft: Any) -> str:
+    """The label store's state key for "this endpoint records Idempotency-Keys"."""
+    return f"service/{getattr(ft, 'endpoint', '')}/honours_idempotency"
+
+
 def resume_batches(queue: TrainQueue, store: Any, ft: Any, source: str, has_image: Callable[[str], bool],
-                   make_job: Callable[[Any], Job]) -> None:
+                   make_job: Callable[[Any], Job]) -> int:
     """Queue the batches of ``source`` a previous session recorded and never saw answered.
 
     Never sent: queued. Sent, answer lost: queued again under the same key where the service is
-    known to record keys (``ft.honours_idempotency``), else held for the person to retry or drop
-    (:class:`UncertainStep`); with images no longer in the dataset: held, saying so. Batches this
-    process is still sending (an earlier session in the same kernel) are left alone.
+    known to record keys (``ft.honours_idempotency``, or remembered in the store from an earlier
+    answer), else held for the person to retry or drop (:class:`UncertainStep`). Batches with
+    images this dataset lacks belong to another session (another notebook on the same store and
+    finetune) and are left alone, as are those this process is still sending.
+
+    Returns:
+        How many batches were left alone for another dataset.
     """
     in_queue = {job.meta for job in queue.jobs}
+    honours = getattr(ft, "honours_idempotency", None) or store.get_state(honours_key(ft), False)
+    others = 0
     for batch in store.batches(ft.finetune_id, source=source):
-        if (store.path, batch.id) in in_queue:
+        if (store.key, batch.id) in in_queue:
+            continue
+        if any(i is not None and not has_image(i) for i in batch.image_ids):
+            others += 1
             continue
         job = make_job(batch)
-        missing = [i for i in batch.image_ids if i is not None and not has_image(i)]
-        if missing:
-            queue.hold(job, MoondreamError(f"its images {missing[:3]} are not in this dataset; drop it "
-                                           "or reopen with the dataset it was made from"))
-        elif batch.state == "queued" or getattr(ft, "honours_idempotency", None):
+        if batch.state == "queued" or honours:
             queue.submit(job)
         else:
             queue.hold(job, UncertainStep(
                 "it was in flight when the kernel stopped, and this service may have applied it; retry "
                 "sends it again (with the same Idempotency-Key), drop forgets it"))
+    return others

@@ -99,6 +99,9 @@ def test_long_retry_after_raises_at_once(peer, tuning):
     assert info.value.retry_after == 3600
     assert "quota (Retry-After 3600 s exceeds max_retry_after" in str(info.value)
     assert len(peer.records) == 1
+    t0 = time.monotonic()
+    tuning.rollouts("query", question="q?")  # the hour is not a pace for the next call (nor another thread)
+    assert time.monotonic() - t0 < 2.0
 
 
 def test_idempotency_key_same_across_retries_and_new_per_call(peer, tuning):

@@ -159,8 +159,9 @@ from moondream_nb.data import demo_dataset
 import moondream_nb as md
 from moondream_nb.sessions import ReviewSession
 ft = md.ft({key!r}, name="crash", rank=8, endpoint={endpoint!r})
-data = demo_dataset(4, seed=44, concepts=["star"])
-session = ReviewSession(ft, data, skill="point", store={store!r}, num_rollouts=4, group_size=2, metrics=False)
+data = demo_dataset(4, seed=44, concepts=["known"])
+# detect known things: IoU rewards differ between rollouts, so every step applies
+session = ReviewSession(ft, data, skill="detect", store={store!r}, num_rollouts=8, group_size=2, metrics=False)
 print("started", flush=True)
 time.sleep(600)  # the kernel "dies" here, killed by the test, with a step in flight
 """
@@ -175,8 +176,13 @@ def _crash_mid_step(srv, store_path) -> "md.Finetune":  # noqa: F821
         assert child.stdout.readline().strip() == "started"
         ft = srv.ft(name="crash", rank=8)
         # the server applied the first step, whose answer is 3 s away: the kernel has not seen it
-        assert until(lambda: server_steps(srv, ft) == [1] and _states(store_path)[:1] == ["sent"]
-                     and _answered(store_path) == 0, 60)
+        seen = []
+
+        def mid_step() -> bool:
+            seen[:] = [server_steps(srv, ft), _states(store_path), _answered(store_path), child.poll()]
+            return seen[0] == [1] and seen[1][:1] == ["sent"] and seen[2] == 0
+
+        assert until(mid_step, 60), f"server steps, batches, answered, child: {seen}"
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
@@ -203,13 +209,14 @@ def test_a_kernel_killed_mid_step_resumes_and_trains_each_group_once(tmp_path, s
     store = tmp_path / "r.sqlite"
     ft = _crash_mid_step(slow_answers, store)
     assert ft.honours_idempotency is True  # learned from the creation call's echoed key
-    data = demo_dataset(4, seed=44, concepts=["star"])
-    again = ReviewSession(ft, data, skill="point", store=store, num_rollouts=4, group_size=2, metrics=False)
+    data = demo_dataset(4, seed=44, concepts=["known"])
+    again = ReviewSession(ft, data, skill="detect", store=store, num_rollouts=8, group_size=2, metrics=False)
     assert again.wait(60)
-    # the step in flight was sent again under its key (the server answered with the first result)
-    # and the batch never sent was sent: two steps for two groups of two, not three
-    assert server_steps(slow_answers, ft) == [1, 2]
-    assert [s["step"] for s in again.steps] == [1, 2] and again.store.batches() == []
+    # the step in flight was sent again under its key: the server answered with its first result
+    # (step 1) instead of training again; then the second group of two was sent
+    assert len(again.steps) == 2 and again.steps[0]["step"] == 1 and again.steps[0]["applied"]
+    second = [2] if again.steps[1]["applied"] else []  # (not applied when its rewards were all equal)
+    assert server_steps(slow_answers, ft) == [1] + second and again.store.batches() == []
     assert len(again.store.rewards()) == 4 and again.finished  # every item done, none sampled again
     again.close()
 
@@ -218,14 +225,15 @@ def test_where_keys_are_not_known_to_be_honoured_the_person_decides(tmp_path, sl
     store = tmp_path / "r.sqlite"
     ft = _crash_mid_step(slow_answers, store)
     ft._transport.honours_idempotency = False  # as with a service that does not echo keys (Moondream Cloud)
-    data = demo_dataset(4, seed=44, concepts=["star"])
-    again = ReviewSession(ft, data, skill="point", store=store, num_rollouts=4, group_size=2, metrics=False)
+    data = demo_dataset(4, seed=44, concepts=["known"])
+    again = ReviewSession(ft, data, skill="detect", store=store, num_rollouts=8, group_size=2, metrics=False)
     assert again.wait(60)
     held = again.queue.failed
     assert isinstance(held.error, UncertainStep) and "may have applied it" in again._train.text()
     assert server_steps(slow_answers, ft) == [1]  # nothing re-sent silently; the next batch waits behind it
     again._train.drop.click()
-    assert again.wait(60) and server_steps(slow_answers, ft) == [1, 2]
+    assert again.wait(60) and len(again.steps) == 1
+    assert server_steps(slow_answers, ft) == [1] + ([2] if again.steps[0]["applied"] else [])
     assert again.store.batches() == []
     again.close()
 
@@ -279,3 +287,33 @@ def test_look_ahead_grows_with_the_latency_and_the_pace_of_the_person():
     assert ahead.depth() == 6  # never more than the bound
     ahead.person_took(600)  # a coffee break is not a pace
     assert ahead.person == pytest.approx(1.5, abs=0.01)
+
+
+def test_unattended_run_raises_a_failed_step_instead_of_hanging(tmp_path, cloudy, ft):
+    import threading
+
+    from moondream_nb.errors import ServerError
+
+    def broken(*a, **kw):
+        raise ServerError("the service is broken", status=500)
+
+    ft.train_step = broken
+    data = demo_dataset(8, seed=47, concepts=["star"])  # labelled: ground truth scores each, one step per item
+    session = ReviewSession(ft, data, skill="point", store=tmp_path / "r.sqlite", num_rollouts=2, group_size=1,
+                            metrics=False, auto=True)
+    raised: list[BaseException] = []
+    runner = threading.Thread(target=lambda: raised.append(_catch(session.run)), daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "run() hung behind the failed step"
+    assert isinstance(raised[0], ServerError) and "the service is broken" in session._train.text()
+    assert len(session.store.batches()) >= 1  # the failed step's groups are kept for a retry
+    session.close(wait=False)
+
+
+def _catch(fn):
+    try:
+        fn()
+    except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+        return exc
+    return None
