@@ -321,7 +321,7 @@ def _check_skill(value: Any, path: str, skills: tuple = SKILLS) -> str:
 
 def validate_finetune_create(name: Any, rank: Any) -> None:
     """Finetune creation: name of 1-128 ``[A-Za-z0-9._-]`` characters, rank in 8/16/24/32."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         fail("name", "must be 1-128 characters of letters, digits, '.', '-' or '_'", name)
     if not is_int(rank) or rank not in RANKS:
         fail("rank", f"must be one of {', '.join(map(str, RANKS))}", rank)
@@ -528,7 +528,7 @@ def validate_metrics_body(body: Any) -> dict:
         fail("metrics", f"must have {MIN_METRICS} to {MAX_METRICS} metrics", len(metrics))
     for name, value in metrics.items():
         where = f"metrics[{name!r}]"
-        if not isinstance(name, str) or not _METRIC_RE.match(name):
+        if not isinstance(name, str) or not _METRIC_RE.fullmatch(name):
             fail(where, "name must be letters, digits, '_', '.', '/' or '-'")
         if not is_number(value):
             fail(where, "must be a finite number", value)

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +39,7 @@ log = logging.getLogger("moondream_nb.local")
 
 MAX_BODY_BYTES = 32 * 2**20
 MAX_PENDING = 128  # queued blocking jobs before the server answers 429
+BODY_IDLE_TIMEOUT = 10.0  # seconds a request body may go without a byte before it is a 408
 AUTH_HEADER = "x-moondream-auth"
 IDEMPOTENCY_HEADER = "idempotency-key"
 THREADS_ENV = "MOONDREAM_NB_THREADS"
@@ -71,8 +73,10 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
 
 
 def problem_response(problem: Problem) -> Response:
-    headers = {"Retry-After": "1"} if problem.status == 429 else None
-    return json_response(problem.body(), problem.status, headers)
+    headers = {"Retry-After": "1"} if problem.status == 429 else {}
+    if problem.status in (408, 500):  # the request may be half read: the connection starts afresh
+        headers["Connection"] = "close"
+    return json_response(problem.body(), problem.status, headers or None)
 
 
 class Server:
@@ -148,7 +152,15 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise Problem(413, f"body: {int(declared)} bytes, over the {limit} byte limit", "body")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:  # a client that stops sending (a slow or stuck client) does not hold a connection forever
+            chunk = await asyncio.wait_for(stream.__anext__(), BODY_IDLE_TIMEOUT)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise Problem(408, f"body: no data for {BODY_IDLE_TIMEOUT:g} s after {size} bytes; send the whole "
+                               "body promptly", "body") from None
         size += len(chunk)
         if size > limit:
             raise Problem(413, f"body: over the {limit} byte limit", "body")
@@ -160,11 +172,18 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf, which no answer could carry back
+        raise ValueError(f"number {text} is out of range")
+    return value
+
+
 def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise Problem(400, "body: required (a JSON object)", "body")
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         detail = str(exc).splitlines()[0][:200] if isinstance(exc, ValueError) else "nested too deeply"
         raise Problem(400, f"body: not valid JSON ({detail})", "body") from None
@@ -271,7 +290,9 @@ def create_app(config: Config, on_ready: Callable[[], None] | None = None) -> Fa
         finally:
             srv.stop()
 
+    # No /docs or /redoc: their pages load scripts from a CDN (broken offline); /openapi.json stays.
     app = FastAPI(title="moondream-nb local server", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,
                   description="The Moondream tuning, inference and batch APIs on a built-in model (API.md).")
     app.state.server = srv
     app.add_middleware(EchoIdempotencyKey)
@@ -403,7 +424,7 @@ def add_batch_routes(app: FastAPI, srv: Server) -> None:
         owner = srv.owner(request)
         action(request, "mpu-create")
         raw = await read_body(request)
-        return json_response(await srv.run(srv.replayable, idem_of(request, owner, raw), srv.batches.create, owner))
+        return json_response(await srv.run(srv.batches.create, owner, idem_of(request, owner, raw)))
 
     @app.get("/v1/batch", openapi_extra=oa.query("limit", "cursor"))
     async def list_batches(request: Request) -> Response:

@@ -88,11 +88,13 @@ class Batches:
 
     # --- upload -------------------------------------------------------------------------
 
-    def create(self, owner: str) -> dict:
+    def create(self, owner: str, idem: Any = None) -> dict:
+        """A new upload; concurrent twins of one Idempotency-Key make one batch."""
         upload_id = secrets.token_hex(16)
-        batch_id = self.store.create_batch(owner, upload_id)
-        self._dir(batch_id).mkdir(parents=True, exist_ok=True)
-        return {"fileId": batch_id, "uploadId": upload_id, "key": f"requests/local/{batch_id}.jsonl"}
+        response = self.store.create_batch(owner, upload_id, idem, lambda batch_id: {
+            "fileId": batch_id, "uploadId": upload_id, "key": f"requests/local/{batch_id}.jsonl"})
+        self._dir(response["fileId"]).mkdir(parents=True, exist_ok=True)
+        return response
 
     def upload_part(self, owner: str, file_id: str, query: dict[str, str], data: bytes) -> dict:
         self._upload(owner, file_id, query.get("uploadId"))

@@ -51,13 +51,25 @@ class ImageError(ValueError):
         self.too_large = too_large
 
 
+FORMATS = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/gif": "GIF"}
+
+
 def decode_image(image_url: str) -> Image.Image:
-    """A ``data:image/...;base64,`` URL (or bare base64) → RGB PIL image, with size limits."""
-    data = image_url
+    """A ``data:image/...;base64,`` URL (or bare base64) → RGB PIL image, with size limits.
+
+    Only the formats API.md lists (JPEG, PNG, WebP, GIF's first frame), and a data URL's media
+    type must say which one the bytes are.
+    """
+    data, declared = image_url, None
     if image_url.startswith("data:"):
         head, _, data = image_url.partition(",")
         if not head.endswith(";base64"):
             raise ImageError("image_url: must be a base64 data URL (data:image/...;base64,...)")
+        mime = head[len("data:"):-len(";base64")].strip().lower()
+        declared = FORMATS.get(mime)
+        if declared is None:
+            raise ImageError(f"image_url: media type {mime!r} is not one of image/jpeg, image/png, image/webp, "
+                             "image/gif")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
@@ -65,7 +77,10 @@ def decode_image(image_url: str) -> Image.Image:
     if len(raw) > MAX_IMAGE_BYTES:
         raise ImageError(f"image_url: encoded image is {len(raw)} bytes, over the {MAX_IMAGE_BYTES} byte limit", True)
     try:
-        img = Image.open(io.BytesIO(raw))
+        img = Image.open(io.BytesIO(raw), formats=sorted(set(FORMATS.values())))
+        if declared is not None and img.format != declared:
+            raise ImageError(f"image_url: the data is {img.format} but the data URL says "
+                             f"{next(m for m, f in FORMATS.items() if f == declared)}")
         if img.width * img.height > MAX_PIXELS:
             raise ImageError(f"image_url: image is {img.width}x{img.height}, over the {MAX_PIXELS} pixel limit", True)
         img.draft("RGB", (4 * tk.RES, 4 * tk.RES))  # JPEG: decode at reduced scale, we only need 96 px

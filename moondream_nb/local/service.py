@@ -32,9 +32,12 @@ class Problem(Exception):
     """A request that cannot be served: HTTP ``status`` with the protocol's error fields."""
 
     TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             409: "conflict_error", 413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error"}
-    CODES = {400: "invalid_request", 401: "invalid_api_key", 404: "not_found", 409: "conflict",
-             413: "too_large", 429: "server_busy", 500: "internal_error"}
+             405: "invalid_request_error", 408: "invalid_request_error", 409: "conflict_error",
+             413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error",
+             507: "server_error"}
+    CODES = {400: "invalid_request", 401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed",
+             408: "request_timeout", 409: "conflict", 413: "too_large", 429: "server_busy", 500: "internal_error",
+             503: "unavailable", 507: "insufficient_storage"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)

@@ -23,7 +23,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..errors import ValidationError
 
@@ -127,7 +127,7 @@ def decode_cursor(cursor: str | None, key: str) -> int | None:
         return None
     try:
         value = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))[key]
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63:  # SQLite's INTEGER
             return value
     except (ValueError, TypeError, KeyError, UnicodeError):
         pass
@@ -232,6 +232,33 @@ class Store:
         return json.loads(row["response"])
 
     @staticmethod
+    def _idem_hit(db: sqlite3.Connection, idem: Idem | None) -> dict | None:
+        """(Inside a write transaction.) The recorded answer of ``idem``, if a twin committed one."""
+        if idem is None:
+            return None
+        row = db.execute("SELECT request_hash, response FROM idempotency WHERE owner=? AND scope=? AND key=?",
+                         (idem.owner, idem.scope, idem.key)).fetchone()
+        if row is None:
+            return None
+        if row["request_hash"] != idem.request_hash:
+            raise IdempotencyMismatch()
+        return json.loads(row["response"])
+
+    def once(self, idem: Idem | None, effect: Callable[[sqlite3.Connection], dict]) -> dict:
+        """``effect(db)`` and the record of its answer under ``idem`` in one write transaction.
+
+        The key is looked up inside the same transaction (writers are serialized by BEGIN
+        IMMEDIATE), so of concurrent twins exactly one has the effect; the others get its answer.
+        """
+        with self.tx() as db:
+            hit = self._idem_hit(db, idem)
+            if hit is not None:
+                return hit
+            response = effect(db)
+            self._idem_put(db, idem, response)
+        return response
+
+    @staticmethod
     def _idem_put(db: sqlite3.Connection, idem: Idem | None, response: dict) -> None:
         if idem is not None:
             db.execute("INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
@@ -319,13 +346,13 @@ class Store:
         return {"steps": steps, "next_cursor": nxt, "has_more": more}
 
     def log_metrics(self, finetune_id: str, step: int, metrics: dict[str, float], idem: Idem | None) -> dict:
-        response = {"ok": True, "step": step, "logged_count": len(metrics)}
-        with self.tx() as db:
+        def effect(db: sqlite3.Connection) -> dict:
             t = now_ms()
             db.executemany("INSERT INTO metrics (finetune_id, step, name, value, created_at_ms) VALUES (?, ?, ?, ?, ?)",
                            [(finetune_id, step, name, float(value), t) for name, value in metrics.items()])
-            self._idem_put(db, idem, response)
-        return response
+            return {"ok": True, "step": step, "logged_count": len(metrics)}
+
+        return self.once(idem, effect)
 
     def list_metrics(self, finetune_id: str, limit: int, cursor: str | None) -> dict:
         after = decode_cursor(cursor, "m") or 0
@@ -340,7 +367,7 @@ class Store:
 
     def save_checkpoint(self, finetune_id: str, step: int, idem: Idem | None) -> dict:
         """Save ``step`` (idempotent: the same step returns the same checkpoint; a deleted one comes back)."""
-        with self.tx() as db:
+        def effect(db: sqlite3.Connection) -> dict:
             t = now_ms()
             row = db.execute("SELECT * FROM checkpoints WHERE finetune_id=? AND step=?", (finetune_id, step)).fetchone()
             if row is None:
@@ -349,9 +376,9 @@ class Store:
                 db.execute("UPDATE checkpoints SET deleted_at_ms=NULL, updated_at_ms=? WHERE finetune_id=? AND step=?",
                            (t, finetune_id, step))
             row = db.execute("SELECT * FROM checkpoints WHERE finetune_id=? AND step=?", (finetune_id, step)).fetchone()
-            response = {"ok": True, "checkpoint": checkpoint_info(row)}
-            self._idem_put(db, idem, response)
-        return response
+            return {"ok": True, "checkpoint": checkpoint_info(row)}
+
+        return self.once(idem, effect)
 
     def checkpoint_state(self, finetune_id: str, step: int) -> str | None:
         """``"saved"``, ``"deleted"`` or None (never saved)."""
@@ -378,12 +405,16 @@ class Store:
 
     # --- batches ------------------------------------------------------------------------
 
-    def create_batch(self, owner: str, upload_id: str) -> str:
-        batch_id = new_ulid()
-        with self.tx() as db:
+    def create_batch(self, owner: str, upload_id: str, idem: Idem | None,
+                     respond: Callable[[str], dict]) -> dict:
+        """A new batch row and ``respond(batch_id)``, once per Idempotency-Key (see :meth:`once`)."""
+        def effect(db: sqlite3.Connection) -> dict:
+            batch_id = new_ulid()
             db.execute("INSERT INTO batches (batch_id, owner, upload_id, status, created_at_ms) VALUES (?, ?, ?, ?, ?)",
                        (batch_id, owner, upload_id, "uploading", now_ms()))
-        return batch_id
+            return respond(batch_id)
+
+        return self.once(idem, effect)
 
     def batch(self, owner: str | None, batch_id: Any) -> sqlite3.Row | None:
         if not is_ulid(batch_id):

@@ -231,13 +231,25 @@ def _retention_sum(model: VLM, adapter: Adapter, images: torch.Tensor, b: dict[s
     return (kl * on).sum(), int(on.sum())
 
 
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population std of any finite numbers: computed on values scaled by their largest
+    magnitude, so rewards near 1e308 do not overflow (their squares would)."""
+    scale = max((abs(v) for v in values), default=0.0) or 1.0
+    scaled = [v / scale for v in values]
+    mean = math.fsum(scaled) / len(scaled)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in scaled) / len(scaled))
+    return mean * scale, std * scale
+
+
 def advantages(rewards: Sequence[float]) -> list[float] | None:
-    """Group-normalized advantages, or None when the group carries no signal (equal rewards)."""
-    mean = sum(rewards) / len(rewards)
-    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
-    if std < 1e-6:
+    """Group-normalized advantages, or None when the group carries no signal (equal rewards).
+
+    Scale-free: a group's rewards times any factor give the same advantages."""
+    scale = max(abs(r) for r in rewards) or 1.0
+    mean, std = mean_std([r / scale for r in rewards])
+    if std * scale < 1e-6:  # no spread, in the rewards' own units
         return None
-    return [(r - mean) / std for r in rewards]
+    return [(r / scale - mean) / std for r in rewards]
 
 
 def train_step(model: VLM, adapter: Adapter, optimizer: torch.optim.Optimizer, images: torch.Tensor,
@@ -251,9 +263,7 @@ def train_step(model: VLM, adapter: Adapter, optimizer: torch.optim.Optimizer, i
     nothing changes) when no RL group has a reward spread and there is no SFT example.
     """
     all_rewards = [r for g in rl for r in g.rewards]
-    reward_mean = sum(all_rewards) / len(all_rewards) if all_rewards else None
-    reward_std = (math.sqrt(sum((r - reward_mean) ** 2 for r in all_rewards) / len(all_rewards))
-                  if all_rewards else None)
+    reward_mean, reward_std = mean_std(all_rewards) if all_rewards else (None, None)
     weighted: list[tuple[Example, float]] = []
     for g in rl:
         adv = advantages(g.rewards)
