@@ -4,7 +4,9 @@ Bodies are read here (size limit → 413 before parsing, bad JSON → 400) and h
 JSON, to :class:`~moondream_nb.local.service.Service`, which validates them with
 :mod:`moondream_nb.protocol`. Every error, including FastAPI's own 404/405 and anything
 unexpected, leaves as ``{"error": {"message", "type", "param", "code"}}``; no traceback ever
-reaches a client. Blocking work (torch, SQLite) runs in a small thread pool.
+reaches a client. Blocking work runs in two thread pools: *heavy* (the model: train steps,
+rollouts, inference) and *light* (SQLite reads and writes), so a few-millisecond call never waits
+behind seconds of training.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from .store import Idem, IdempotencyMismatch
 log = logging.getLogger("moondream_nb.local")
 
 MAX_BODY_BYTES = 32 * 2**20
-MAX_PENDING = 128  # queued blocking jobs before the server answers 429
+MAX_PENDING = 128  # queued model jobs before the server answers 429
+LIGHT_WORKERS = 8  # store calls are short; a few of them may wait on a finetune's lock (checkpoint saves)
 BODY_IDLE_TIMEOUT = 10.0  # seconds a request body may go without a byte before it is a 408
 AUTH_HEADER = "x-moondream-auth"
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -85,7 +88,8 @@ class Server:
     def __init__(self, config: Config):
         self.config = config
         self.keys = [(k.encode("utf-8", "surrogateescape"), owner_of(k)) for k in config.api_keys]
-        self.pool = ThreadPoolExecutor(max_workers=max(2, config.threads * 2), thread_name_prefix="moondream-work")
+        self.heavy = ThreadPoolExecutor(max_workers=max(2, config.threads * 2), thread_name_prefix="moondream-model")
+        self.light = ThreadPoolExecutor(max_workers=LIGHT_WORKERS, thread_name_prefix="moondream-store")
         self.pending = 0
         self.service: Any = None
         self.batches: Any = None
@@ -114,7 +118,8 @@ class Server:
     def stop(self) -> None:
         if self.batches is not None:
             self.batches.stop()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.heavy.shutdown(wait=True, cancel_futures=True)
+        self.light.shutdown(wait=True, cancel_futures=True)
         if self.store is not None:
             self.store.close()
 
@@ -130,12 +135,16 @@ class Server:
         raise Problem(401, "invalid API key")
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run blocking ``fn(*args)`` in the pool; 429 when too much is already queued."""
+        """Run a short blocking ``fn(*args)`` (store reads and writes) in the light pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.light, functools.partial(fn, *args))
+
+    async def model(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)``, which uses the model, in the heavy pool; 429 when too much is queued."""
         if self.pending >= MAX_PENDING:
             raise Problem(429, "the local server is saturated; retry shortly")
         self.pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+            return await asyncio.get_running_loop().run_in_executor(self.heavy, functools.partial(fn, *args))
         finally:
             self.pending -= 1
 
@@ -336,14 +345,14 @@ def add_tuning_routes(app: FastAPI, srv: Server) -> None:
         raw = await read_body(request)
         body = parse_json(raw)
         idem = idem_of(request, owner, body, _scope(body))
-        return json_response(await srv.run(srv.replayable, idem, svc().rollouts, owner, body))
+        return json_response(await srv.model(srv.replayable, idem, svc().rollouts, owner, body))
 
     @app.post(TUNING + "/train_step", openapi_extra=oa.body(oa.TRAIN_STEP))
     async def train_step(request: Request) -> Response:
         owner = srv.owner(request)
         raw = await read_body(request)
         body = parse_json(raw)
-        return json_response(await srv.run(svc().train_step, owner, body, idem_of(request, owner, body, _scope(body))))
+        return json_response(await srv.model(svc().train_step, owner, body, idem_of(request, owner, body, _scope(body))))
 
     @app.post(FINETUNE + "/metrics", openapi_extra=oa.body(oa.METRICS))
     async def log_metrics(request: Request, finetune_id: str) -> Response:
@@ -387,12 +396,12 @@ def add_inference_routes(app: FastAPI, srv: Server) -> None:
             raw = await read_body(request)
             body = parse_json(raw)
             if isinstance(body, dict) and body.get("stream") is True:
-                result = await srv.run(srv.service.infer, owner, kind, body)
+                result = await srv.model(srv.service.infer, owner, kind, body)
                 text_key = "answer" if kind == "query" else "caption"
                 final = {k: v for k, v in result.items() if k != text_key}
                 return sse(result[text_key], final)
             idem = idem_of(request, owner, body)
-            return json_response(await srv.run(srv.replayable, idem, srv.service.infer, owner, kind, body))
+            return json_response(await srv.model(srv.replayable, idem, srv.service.infer, owner, kind, body))
 
         app.post(f"/v1/{kind}", name=kind, openapi_extra=oa.body(oa.INFERENCE[kind]))(infer)
 

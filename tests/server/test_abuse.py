@@ -155,3 +155,44 @@ def test_slow_clients_are_timed_out(server):
     finally:
         for s in sockets:
             s.close()
+
+
+def test_cheap_calls_do_not_wait_behind_four_train_steps(api):
+    """Four trainers keep the model busy; a GET and a log_metrics answer in milliseconds meanwhile
+    (they used to queue in the same pool: 0.8 s median, 2.5 s worst)."""
+    fids = [api.finetune(f"busy-{i}") for i in range(4)]
+    probe_fid = api.finetune("busy-probe")
+    groups = []
+    for seed in range(6):
+        request, gt = item(100 + seed)
+        resp = api.ok("POST", f"{T}/rollouts", {"finetune_id": fids[0], "num_rollouts": 8, "request": request})
+        groups.append({"mode": "rl", "request": resp["request"], "rollouts": resp["rollouts"],
+                       "rewards": [0.1 * i for i in range(8)]})
+    stop, steps = threading.Event(), []
+
+    def trainer(fid: str) -> None:
+        trainer_api = Api(api.url, api.session.headers["X-Moondream-Auth"])
+        while not stop.is_set():
+            trainer_api.ok("POST", f"{T}/train_step", {"finetune_id": fid, "groups": groups})
+            steps.append(fid)
+
+    threads = [threading.Thread(target=trainer, args=(f,)) for f in fids]
+    for t in threads:
+        t.start()
+    times = []
+    try:
+        time.sleep(1.0)
+        for n in range(40):
+            t0 = time.perf_counter()
+            api.ok("GET", f"{T}/finetunes/{probe_fid}")
+            api.ok("POST", f"{T}/finetunes/{probe_fid}/metrics", {"step": n, "metrics": {"probe": 1.0}})
+            times.append((time.perf_counter() - t0) / 2)
+            time.sleep(0.05)
+        busy = len(steps)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    times.sort()
+    assert busy >= 2, "the trainers did not keep the model busy"
+    assert statistics.median(times) < 0.05 and times[int(0.9 * len(times))] < 0.1, times
