@@ -215,19 +215,27 @@ class Transport:
 
         return jsonbody.dumps(payload, lookup)
 
-    @staticmethod
-    def parse_json(resp: requests.Response, images: Iterable[EncodedImage] = ()) -> dict:
-        """The reply's JSON (``{}`` when empty); echoed ``images`` come back as the same objects."""
+    def parse_json(self, resp: requests.Response, images: Iterable[EncodedImage] = ()) -> dict:
+        """The reply's JSON object (``{}`` when empty); echoed ``images`` come back as the same objects.
+
+        Raises:
+            MoondreamError: the reply is not JSON, or JSON that is not an object (the text is scrubbed).
+        """
         content = resp.content
         if not content.strip():
             return {}
         try:
-            return jsonbody.loads(content, [(img.image_url, img.raw) for img in images if img.raw is not None])
+            value = jsonbody.loads(content, [(img.image_url, img.raw) for img in images if img.raw is not None])
         except ValueError:
-            text = content[:200].decode("utf-8", "replace")
-            raise MoondreamError(
-                f"the server's reply is not JSON: {text!r}", status=resp.status_code
-            ) from None
+            value, what = None, "not JSON"
+        else:
+            what = None if isinstance(value, dict) else f"JSON {type(value).__name__ if value is not None else 'null'}" \
+                                                         ", not an object"
+        if what is None:
+            return value
+        text = scrub(content[:200].decode("utf-8", "replace"), [self._api_key])
+        raise MoondreamError(f"{resp.request.method} {resp.url.split('?', 1)[0]}: the server's reply is {what}: "
+                             f"{text!r}", status=resp.status_code)
 
     def url(self, path: str, query: dict | None = None) -> str:
         """``base_url + path`` with the query encoded like the official client (None dropped)."""
@@ -374,7 +382,7 @@ class Transport:
         finally:
             resp.close()
         if 300 <= resp.status_code < 400:
-            where = resp.headers.get("Location", "?")
+            where = scrub(resp.headers.get("Location", "?"), [self._api_key])
             return MoondreamError(f"{shown}: unexpected redirect to {where}; check the endpoint",
                                   status=resp.status_code)
         return error_from_response(resp.status_code, text, resp.headers, secrets=[self._api_key])

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .._version import __version__
 from ..errors import ValidationError
 from . import openapi as oa
+from .disk import storage_problem
 from .service import Problem
 from .store import Idem, IdempotencyMismatch
 
@@ -136,7 +137,7 @@ class Server:
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run a short blocking ``fn(*args)`` (store reads and writes) in the light pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.light, functools.partial(fn, *args))
+        return await self._call(self.light, fn, args)
 
     async def model(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)``, which uses the model, in the heavy pool; 429 when too much is queued."""
@@ -144,15 +145,37 @@ class Server:
             raise Problem(429, "the local server is saturated; retry shortly")
         self.pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.heavy, functools.partial(fn, *args))
+            return await self._call(self.heavy, fn, args)
         finally:
             self.pending -= 1
 
+    async def _call(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], args: tuple) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
+        except Exception as exc:
+            # A storage failure becomes its 507 here, as a Problem: raised past this point, Starlette's
+            # catch-all would answer and then drop the keep-alive connection.
+            if isinstance(exc, Problem) or (problem := storage_problem(exc, self.config.data_dir)) is None:
+                raise
+            log.warning("%s: %s (%s)", getattr(fn, "__qualname__", fn), problem.message, exc)
+            raise problem from None
+
     def replayable(self, idem: Idem | None, fn: Callable[..., dict], *args: Any) -> dict:
-        """``fn(*args)``, or the first answer to the same Idempotency-Key (for side-effect-free POSTs)."""
+        """``fn(*args)``, or the first answer to the same Idempotency-Key (for side-effect-free POSTs).
+
+        A call without side effects still answers when its key cannot be recorded (a full disk):
+        a retry then computes a new answer, which is all the key would have saved.
+        """
         if (hit := self.store.idem_get(idem)) is not None:
             return hit
-        return self.store.idem_put(idem, fn(*args))
+        response = fn(*args)
+        try:
+            return self.store.idem_put(idem, response)
+        except Exception as exc:
+            if storage_problem(exc, self.config.data_dir) is None:
+                raise
+            log.warning("answering without recording Idempotency-Key: %s", exc)
+            return response
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:

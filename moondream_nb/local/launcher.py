@@ -20,10 +20,11 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import IO, Any, Sequence
 
-from .runner import KEYS_ENV, READY_PREFIX, mask, new_api_key, url_host
+from .runner import KEYS_ENV, READY_PREFIX, is_loopback, mask, new_api_key, unwritable, url_host
 
 LOG_NAME = "server.log"
 
@@ -143,6 +144,7 @@ def serve(port: int = 0, data_dir: str | os.PathLike | None = None, *, host: str
 
     Raises:
         ValueError: ``latency`` or ``rate_limit`` is not a valid spec (checked before starting).
+        OSError: ``data_dir`` is not writable (the message names it).
 
     Returns:
         A :class:`LocalServer`; also a context manager.
@@ -152,7 +154,11 @@ def serve(port: int = 0, data_dir: str | os.PathLike | None = None, *, host: str
     Latency.parse(latency), RateLimit.parse(rate_limit)  # a bad spec fails here, not in the child's log
     owns = data_dir is None
     data = Path(tempfile.mkdtemp(prefix="moondream-nb-")) if owns else Path(data_dir).expanduser()
-    data.mkdir(parents=True, exist_ok=True)
+    if (why := unwritable(data)) is not None:
+        raise OSError(why)
+    if not is_loopback(host):
+        warnings.warn(f"the local server listens on {host}, reachable from other machines: anyone with the key can "
+                      "train, read and delete its finetunes", stacklevel=2)
     key = api_key or new_api_key()
     env = dict(os.environ, **{KEYS_ENV: ",".join([key, *extra_keys]), "PYTHONUNBUFFERED": "1"})
     if threads is not None:

@@ -7,10 +7,14 @@ has started, then serves with uvicorn until interrupted.
 
 from __future__ import annotations
 
+import errno
+import faulthandler
+import ipaddress
 import os
 import secrets
 import socket
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,35 @@ def mask(key: str) -> str:
 
 def keys_from_env() -> list[str]:
     return [k.strip() for k in os.environ.get(KEYS_ENV, "").split(",") if k.strip()]
+
+
+MIN_SHARED_KEY_LENGTH = 16  # a key that guards a port other machines can reach
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
+
+
+def unwritable(data: Path) -> str | None:
+    """Why the server could not store anything in ``data`` (None when it can), in one line."""
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data):
+            pass
+        for name in ("moondream.sqlite3", "moondream.sqlite3-wal", "moondream.sqlite3-shm"):
+            path = data / name
+            if path.exists() and not os.access(path, os.W_OK):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+    except OSError as exc:
+        where = exc.filename or data
+        return f"data directory {data} is not writable ({exc.strerror or exc} at {where}); " \
+               "pass --data-dir with a writable directory"
+    return None
 
 
 def url_host(host: str) -> str:
@@ -55,6 +88,7 @@ def run(host: str = "127.0.0.1", port: int = 2020, data_dir: str | os.PathLike |
 
     ``latency`` / ``rate_limit``: the cloud-like mode (:mod:`moondream_nb.local.cloudlike`).
     """
+    faulthandler.enable()  # a fatal signal (SIGBUS from a vanished WAL file, SIGSEGV) leaves its reason in the log
     import uvicorn
 
     from .app import Config, create_app
@@ -70,7 +104,17 @@ def run(host: str = "127.0.0.1", port: int = 2020, data_dir: str | os.PathLike |
     generated = not keys
     if generated:
         keys = [new_api_key()]
+    if not is_loopback(host):
+        short = [k for k in keys if len(k) < MIN_SHARED_KEY_LENGTH]
+        if short:
+            print(f"moondream-nb serve: refusing to listen on {host} with a {len(short[0])}-character API key: other "
+                  f"machines can reach it; use keys of at least {MIN_SHARED_KEY_LENGTH} characters (or none, and "
+                  "one is generated)", file=sys.stderr)
+            return 2
     data = Path(data_dir).expanduser() if data_dir else DEFAULT_DATA_DIR.expanduser()
+    if (why := unwritable(data)) is not None:
+        print(f"moondream-nb serve: {why}", file=sys.stderr)
+        return 1
     try:
         sock = bind(host, port)
     except OSError as exc:
@@ -81,6 +125,9 @@ def run(host: str = "127.0.0.1", port: int = 2020, data_dir: str | os.PathLike |
 
     def ready() -> None:
         print(f"moondream-nb local server (data in {data})")
+        if not is_loopback(host):
+            print(f"  warning: listening on {host}, reachable from other machines: anyone with the key can "
+                  "train, read and delete its finetunes", file=sys.stderr, flush=True)
         print(f"  tuning endpoint:    {base}/tuning")
         print(f"  inference endpoint: {base}")
         if generated:

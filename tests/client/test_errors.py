@@ -142,3 +142,25 @@ def test_non_json_success_body(peer, tuning):
     peer.script("GET", r".*/checkpoints", Reply(200, body="<html>captive portal</html>"))
     with pytest.raises(md.MoondreamError, match="not JSON"):
         tuning.list_checkpoints()
+
+
+@pytest.mark.parametrize("body", ["[1, 2]", '"ok"', "null", "3"])
+def test_a_success_whose_json_is_not_an_object_is_a_moondream_error(peer, tuning, body):
+    peer.script("GET", r".*/checkpoints", Reply(200, body=body, headers={"Content-Type": "application/json"}))
+    with pytest.raises(md.MoondreamError, match="not an object") as info:
+        tuning.list_checkpoints()  # was an AttributeError from deep inside the client
+    assert info.value.status == 200
+
+
+def test_a_non_json_success_body_is_quoted_without_the_key(peer, tuning):
+    peer.script("GET", r".*/checkpoints", Reply(200, body=f"<html>proxy saw key {KEY}</html>"))
+    with pytest.raises(md.MoondreamError, match="not JSON") as info:
+        tuning.list_checkpoints()
+    assert KEY not in str(info.value) and "***" in str(info.value)
+
+
+def test_a_redirect_location_is_quoted_without_the_key(peer, tuning):
+    peer.script("POST", r".*/checkpoints/save", Reply(302, headers={"Location": f"http://proxy.example/?k={KEY}"}))
+    with pytest.raises(md.MoondreamError, match="unexpected redirect") as info:
+        tuning.save_checkpoint()
+    assert KEY not in str(info.value) and "proxy.example" in str(info.value)
