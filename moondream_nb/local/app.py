@@ -135,41 +135,47 @@ class Server:
                 return owner
         raise Problem(401, "invalid API key")
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a short blocking ``fn(*args)`` (store reads and writes) in the light pool."""
-        return await self._call(self.light, fn, args)
+        return await self._call(self.light, functools.partial(fn, *args, **kwargs))
 
-    async def model(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def model(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args)``, which uses the model, in the heavy pool; 429 when too much is queued."""
         if self.pending >= MAX_PENDING:
             raise Problem(429, "the local server is saturated; retry shortly")
         self.pending += 1
         try:
-            return await self._call(self.heavy, fn, args)
+            return await self._call(self.heavy, functools.partial(fn, *args, **kwargs))
         finally:
             self.pending -= 1
 
-    async def _call(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], args: tuple) -> Any:
+    async def _call(self, pool: ThreadPoolExecutor, fn: functools.partial) -> Any:
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
+            return await asyncio.get_running_loop().run_in_executor(pool, fn)
         except Exception as exc:
             # A storage failure becomes its 507 here, as a Problem: raised past this point, Starlette's
             # catch-all would answer and then drop the keep-alive connection.
             if isinstance(exc, Problem) or (problem := storage_problem(exc, self.config.data_dir)) is None:
                 raise
-            log.warning("%s: %s (%s)", getattr(fn, "__qualname__", fn), problem.message, exc)
+            log.warning("%s: %s (%s)", getattr(fn.func, "__qualname__", fn.func), problem.message, exc)
             raise problem from None
 
-    def replayable(self, idem: Idem | None, fn: Callable[..., dict], *args: Any) -> dict:
+    def replayable(self, idem: Idem | None, fn: Callable[..., dict], *args: Any,
+                   echoed: tuple[str, Any] | None = None) -> dict:
         """``fn(*args)``, or the first answer to the same Idempotency-Key (for side-effect-free POSTs).
 
-        A call without side effects still answers when its key cannot be recorded (a full disk):
-        a retry then computes a new answer, which is all the key would have saved.
+        ``echoed``: (key, value) of a part of the answer that repeats the request (the rollouts'
+        ``request`` with its image); the record leaves it out and a replay puts it back, since the
+        same key only replays for the same body. A call without side effects still answers when its
+        key cannot be recorded (a full disk): a retry then computes a new answer, all the key saves.
         """
         if (hit := self.store.idem_get(idem)) is not None:
-            return hit
+            return {echoed[0]: echoed[1], **hit} if echoed else hit
         response = fn(*args)
         try:
+            if echoed:
+                kept = self.store.idem_put(idem, {k: v for k, v in response.items() if k != echoed[0]})
+                return {echoed[0]: response[echoed[0]], **kept}
             return self.store.idem_put(idem, response)
         except Exception as exc:
             if storage_problem(exc, self.config.data_dir) is None:
@@ -368,7 +374,8 @@ def add_tuning_routes(app: FastAPI, srv: Server) -> None:
         raw = await read_body(request)
         body = parse_json(raw)
         idem = idem_of(request, owner, body, _scope(body))
-        return json_response(await srv.model(srv.replayable, idem, svc().rollouts, owner, body))
+        echoed = ("request", body.get("request")) if isinstance(body, dict) else None
+        return json_response(await srv.model(srv.replayable, idem, svc().rollouts, owner, body, echoed=echoed))
 
     @app.post(TUNING + "/train_step", openapi_extra=oa.body(oa.TRAIN_STEP))
     async def train_step(request: Request) -> Response:

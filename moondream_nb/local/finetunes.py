@@ -7,11 +7,17 @@ Files of older steps are pruned unless a saved checkpoint needs them.
 
 Locking: each finetune has a readers-writer lock. Rollouts read the adapter (many at once); train
 steps, saves and deletes write (one at a time, in arrival order).
+
+Memory: loaded states (adapter + AdamW moments, about 3x the adapter's bytes) are kept within a
+budget, least recently used first out (``$MOONDREAM_NB_ADAPTER_MEMORY_MB``, default 256 MB; the
+one in use always stays). An evicted finetune is reloaded from its current step file on its next
+use: nothing is lost, because a step's file is written before its row is committed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import threading
@@ -24,13 +30,21 @@ from typing import Iterator
 import torch
 from safetensors.torch import load_file
 
-from .engine import Engine
+from .engine import Engine, release_memory
 from .model import Adapter
 from .store import Finetune, Store, is_ulid
 from .train import load_state_tensors, make_optimizer, state_tensors
 from .weights import atomic_save
 
 _STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
+ADAPTER_MEMORY_ENV = "MOONDREAM_NB_ADAPTER_MEMORY_MB"
+DEFAULT_ADAPTER_MEMORY_MB = 256
+
+
+def adapter_memory_budget() -> int:
+    """Bytes of loaded finetune state to keep: ``$MOONDREAM_NB_ADAPTER_MEMORY_MB`` or 256 MB."""
+    raw = os.environ.get(ADAPTER_MEMORY_ENV, "")
+    return (int(raw) if raw.isdigit() else DEFAULT_ADAPTER_MEMORY_MB) * 2**20
 
 
 class RWLock:
@@ -94,7 +108,8 @@ def adapter_seed(finetune_id: str) -> int:
 class Registry:
     """Live adapters by finetune, checkpoint adapters for inference (LRU), and their files."""
 
-    def __init__(self, engine: Engine, store: Store, root: Path, checkpoint_cache: int = 4):
+    def __init__(self, engine: Engine, store: Store, root: Path, checkpoint_cache: int = 4,
+                 memory_budget: int | None = None):
         self.engine = engine
         self.store = store
         self.root = Path(root)
@@ -103,6 +118,8 @@ class Registry:
         self._mutex = threading.Lock()
         self._checkpoints: OrderedDict[tuple[str, int], Adapter] = OrderedDict()
         self._checkpoint_cache = checkpoint_cache
+        self._budget = adapter_memory_budget() if memory_budget is None else memory_budget
+        self._loaded: OrderedDict[str, int] = OrderedDict()  # finetune_id -> bytes, least recent first
 
     def directory(self, finetune_id: str) -> Path:
         if not is_ulid(finetune_id):  # ids become paths: only our own ULIDs ever get here
@@ -122,18 +139,46 @@ class Registry:
     def state(self, live: Live, ft: Finetune) -> State:
         """The loaded state of ``live`` at its committed step, loading it and tidying files if needed."""
         with live.loading:
-            if live.state is None:
+            state = live.state  # a local: an eviction may clear live.state at any moment
+            if state is None:
                 adapter = self.engine.new_adapter(ft.rank, seed=adapter_seed(ft.finetune_id))
                 optimizer = make_optimizer(adapter)
                 if ft.step > 0:
                     load_state_tensors(adapter, optimizer, load_file(str(self.step_file(ft.finetune_id, ft.step))))
-                live.state = State(adapter, optimizer, ft.step)
+                state = live.state = State(adapter, optimizer, ft.step)
                 self.prune(ft.finetune_id, ft.step)
-            return live.state
+        self._touch(live, state)
+        return state
+
+    def _touch(self, live: Live, state: State) -> None:
+        """Mark ``live`` most recently used; evict the least recent states beyond the budget."""
+        size = 3 * sum(p.numel() * p.element_size() for pair in state.adapter.params.values() for p in pair)
+        evicted = False
+        with self._mutex:
+            self._loaded[live.finetune_id] = size
+            self._loaded.move_to_end(live.finetune_id)
+            total = sum(self._loaded.values())
+            while total > self._budget and len(self._loaded) > 1:
+                victim, freed = self._loaded.popitem(last=False)
+                total -= freed
+                entry = self._live.get(victim)
+                if entry is not None:
+                    # A thread using it holds its own reference and finishes; the next use reloads.
+                    entry.state = None
+                    evicted = True
+        if evicted:
+            release_memory()
+
+    def loaded(self) -> list[str]:
+        """Finetune ids whose state is in memory, least recently used first."""
+        with self._mutex:
+            return list(self._loaded)
 
     def forget(self, live: Live) -> None:
         """Drop the in-memory state (after a failed step) so the next use reloads the committed one."""
         live.state = None
+        with self._mutex:
+            self._loaded.pop(live.finetune_id, None)
 
     def write_step(self, finetune_id: str, state: State, step: int) -> None:
         atomic_save(state_tensors(state.adapter, state.optimizer), self.step_file(finetune_id, step),
@@ -181,9 +226,11 @@ class Registry:
         """Forget a deleted finetune and remove its files."""
         with self._mutex:
             self._live.pop(finetune_id, None)
+            self._loaded.pop(finetune_id, None)
             for key in [k for k in self._checkpoints if k[0] == finetune_id]:
                 del self._checkpoints[key]
         shutil.rmtree(self.directory(finetune_id), ignore_errors=True)
+        release_memory()
 
     def sweep(self, live_ids: set[str]) -> None:
         """At startup: remove directories of finetunes deleted (or never committed) before a crash."""

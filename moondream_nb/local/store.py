@@ -30,6 +30,9 @@ from ..errors import ValidationError
 ULID_PATTERN = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 IDEMPOTENCY_TTL_MS = 48 * 3600 * 1000  # kept at least 24 h (API.md Part A §3)
+IDEMPOTENCY_MAX_ROWS = 200_000  # beyond this the oldest records go first, even inside the TTL
+PRUNE_EVERY_MS = 10 * 60 * 1000  # a running server prunes this often ...
+PRUNE_EVERY_WRITES = 1_000  # ... or after this many new records
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS finetunes (
@@ -81,6 +84,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at_ms INTEGER NOT NULL,
     PRIMARY KEY (owner, scope, key)
 );
+CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency (created_at_ms);
 CREATE TABLE IF NOT EXISTS batches (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     batch_id TEXT NOT NULL UNIQUE,
@@ -188,6 +192,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._idem_writes = 0
         self.prune_idempotency()
 
     def close(self) -> None:
@@ -258,11 +263,14 @@ class Store:
             self._idem_put(db, idem, response)
         return response
 
-    @staticmethod
-    def _idem_put(db: sqlite3.Connection, idem: Idem | None, response: dict) -> None:
-        if idem is not None:
-            db.execute("INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
-                       (idem.owner, idem.scope, idem.key, idem.request_hash, json.dumps(response), now_ms()))
+    def _idem_put(self, db: sqlite3.Connection, idem: Idem | None, response: dict) -> None:
+        if idem is None:
+            return
+        db.execute("INSERT OR IGNORE INTO idempotency VALUES (?, ?, ?, ?, ?, ?)",
+                   (idem.owner, idem.scope, idem.key, idem.request_hash, json.dumps(response), now_ms()))
+        self._idem_writes += 1
+        if self._idem_writes >= PRUNE_EVERY_WRITES or now_ms() - self._pruned_at >= PRUNE_EVERY_MS:
+            self._prune(db)
 
     def idem_put(self, idem: Idem | None, response: dict) -> dict:
         """Record ``response`` unless a concurrent twin got there first; return the one that counts."""
@@ -273,8 +281,15 @@ class Store:
         return self.idem_get(idem) or response
 
     def prune_idempotency(self) -> None:
+        """Forget records past the TTL and the oldest beyond the row cap (also done as records arrive)."""
         with self.tx() as db:
-            db.execute("DELETE FROM idempotency WHERE created_at_ms < ?", (now_ms() - IDEMPOTENCY_TTL_MS,))
+            self._prune(db)
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM idempotency WHERE created_at_ms < ?", (now_ms() - IDEMPOTENCY_TTL_MS,))
+        db.execute("DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency "
+                   "ORDER BY created_at_ms DESC LIMIT -1 OFFSET ?)", (IDEMPOTENCY_MAX_ROWS,))
+        self._idem_writes, self._pruned_at = 0, now_ms()
 
     # --- finetunes ----------------------------------------------------------------------
 
