@@ -489,7 +489,7 @@ def add_batch_routes(app: FastAPI, srv: Server) -> None:
         body = parse_json(raw)
         idem = idem_of(request, owner, body)
         query = dict(request.query_params)
-        return json_response(await srv.run(srv.replayable, idem, srv.batches.complete, owner, batch_id, query, body))
+        return json_response(await srv.run(srv.batches.complete, owner, batch_id, query, body, idem))
 
     @app.delete(batch_id_path, openapi_extra=oa.query("uploadId", action="mpu-abort"))
     async def abort(request: Request, batch_id: str) -> Response:

@@ -60,6 +60,7 @@ class Batches:
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._completing = threading.Lock()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -108,7 +109,15 @@ class Batches:
         tmp.replace(path)
         return {"etag": etag, "partNumber": number}
 
-    def complete(self, owner: str, file_id: str, query: dict[str, str], body: Any) -> dict:
+    def complete(self, owner: str, file_id: str, query: dict[str, str], body: Any, idem: Any = None) -> dict:
+        """Assemble the parts and queue the batch, once per Idempotency-Key: concurrent twins wait
+        for the first and get its answer (they used to see 404 and run the batch twice)."""
+        with self._completing:
+            if (hit := self.store.idem_get(idem)) is not None:
+                return hit
+            return self._complete(owner, file_id, query, body, idem)
+
+    def _complete(self, owner: str, file_id: str, query: dict[str, str], body: Any, idem: Any) -> dict:
         self._upload(owner, file_id, query.get("uploadId"))
         protocol.check_dict(body, "body")
         parts = protocol.check_list(body.get("parts"), "parts", min_len=1, max_len=MAX_PART_NUMBER)
@@ -138,11 +147,12 @@ class Batches:
             for path in files:
                 with open(path, "rb") as part_file:
                     shutil.copyfileobj(part_file, out)
-        for path in directory.glob("part-*"):
+        response = self.store.complete_batch(file_id, model, size, idem,
+                                             {"id": file_id, "status": "chunking", "size": size})
+        for path in directory.glob("part-*"):  # after the commit: a crash before it can still complete
             path.unlink(missing_ok=True)
-        self.store.update_batch(file_id, status="chunking", model=model, size=size)
         self._queue.put(file_id)
-        return {"id": file_id, "status": "chunking", "size": size}
+        return response
 
     def abort(self, owner: str, file_id: str, query: dict[str, str]) -> dict:
         self._upload(owner, file_id, query.get("uploadId"))

@@ -431,6 +431,15 @@ class Store:
 
         return self.once(idem, effect)
 
+    def complete_batch(self, batch_id: str, model: str | None, size: int, idem: Idem | None,
+                       response: dict) -> dict:
+        """Mark an upload complete (status ``chunking``) and record ``response`` under ``idem``, together."""
+        def effect(db: sqlite3.Connection) -> dict:
+            db.execute("UPDATE batches SET status='chunking', model=?, size=? WHERE batch_id=?", (model, size, batch_id))
+            return response
+
+        return self.once(idem, effect)
+
     def batch(self, owner: str | None, batch_id: Any) -> sqlite3.Row | None:
         if not is_ulid(batch_id):
             return None

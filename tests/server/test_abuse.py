@@ -196,3 +196,26 @@ def test_cheap_calls_do_not_wait_behind_four_train_steps(api):
     times.sort()
     assert busy >= 2, "the trainers did not keep the model busy"
     assert statistics.median(times) < 0.05 and times[int(0.9 * len(times))] < 0.1, times
+
+
+def test_concurrent_twins_of_a_batch_completion_run_it_once(server):
+    import json
+
+    api = Api(server.url, server.api_key)
+    request, _ = item(31)
+    created = api.ok("POST", "/v1/batch", params={"action": "mpu-create"})
+    path = f"/v1/batch/{created['fileId']}"
+    line = {"id": "a", "skill": "caption", "image": request["image_url"].split(",", 1)[1], "length": "short"}
+    part = api.ok("PUT", path, data=(json.dumps(line) + "\n").encode(),
+                  params={"action": "mpu-uploadpart", "uploadId": created["uploadId"], "partNumber": 1})
+    answers = _twins(4, lambda: Api(server.url, server.api_key).call(
+        "POST", path, {"parts": [part]}, params={"action": "mpu-complete", "uploadId": created["uploadId"]},
+        headers={"Idempotency-Key": "complete-twin"}))
+    assert {a.status_code for a in answers} == {200}, [a.text[:200] for a in answers]
+    assert len({a.text for a in answers}) == 1
+    deadline = time.monotonic() + 60
+    while api.ok("GET", path)["status"] != "completed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # a second run of the same batch would fail it now (its input is gone)
+    status = api.ok("GET", path)
+    assert status["status"] == "completed" and status["progress"] == {"total": 1, "completed": 1, "failed": 0}, status
