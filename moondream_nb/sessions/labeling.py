@@ -103,6 +103,7 @@ class LabelingSession:
         self._lock = threading.RLock()
         self._standing_in = False  # run() is answering, not the person
         self._lookahead = Lookahead(lookahead, least=1)
+        self._closed = False
         self._prefetch = Prefetch(self._greedy, lambda: (self.ft.step or 0) if self.ft is not None else None,
                                   lookahead=self._lookahead)
         self.queue = queue_for(ft) if ft is not None else None
@@ -442,9 +443,15 @@ class LabelingSession:
         """Every saved label of this session's skill on the dataset's items, oldest first."""
         return [lb for lb in self.store.labels(skill=self.skill) if lb.image_id in self.dataset]
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (the panel then no longer fetches answers or trains)."""
+        return self._closed
+
     def close(self, wait: bool = True) -> None:
         """Stop fetching answers ahead; with ``wait``, first let the queued SFT steps finish (the
         store stays open: it is yours)."""
+        self._closed = True
         self._prefetch.close()
         if wait:
             self.wait()

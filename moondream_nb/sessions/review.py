@@ -620,6 +620,11 @@ class ReviewSession:
             raise failed.error
         return dict(self.counts, steps=len(self.steps), checkpoints=len(self.checkpoints))
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (the panel then no longer samples or trains)."""
+        return self._closing
+
     def close(self, wait: bool = True) -> None:
         """Stop sampling ahead (joins the workers) and the metrics poller; with ``wait``, first
         let the queued train steps and checkpoints finish (they are your work)."""

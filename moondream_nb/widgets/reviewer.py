@@ -83,6 +83,10 @@ def prompt_of(req: Mapping) -> str:
     return f"{skill}: {text}" if text else skill
 
 
+LOOK_ONLY = ("for looking: scores stay in reviewer.rewards and train nothing; reviewer.on_submit(fn) or a "
+             "ReviewSession sends them to a train step")
+
+
 class RolloutReviewer(ImagePanel):
     """The rollouts of one ``rollouts`` response over its image, each in its own colour, with a
     reward control per rollout.
@@ -119,6 +123,7 @@ class RolloutReviewer(ImagePanel):
     reward_mode = t.Unicode("binary").tag(sync=True)
     selected = t.Int(-1).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
+    submittable = t.Bool(False).tag(sync=True)  # a callback is attached: Enter / Submit send the scores somewhere
 
     def __init__(self, response: Mapping, image: Any = None, rewards: str = "binary", *, width: int = 640,
                  **kwargs: Any) -> None:
@@ -169,6 +174,7 @@ class RolloutReviewer(ImagePanel):
         if not callable(fn):
             protocol.fail("on_submit", "must be given a callable", fn)
         self._callbacks.append(fn)
+        self.submittable = True
         return fn
 
     def submit(self) -> None:
@@ -178,6 +184,9 @@ class RolloutReviewer(ImagePanel):
         re-raised, so nothing fails silently.
         """
         self.error = None
+        if not self._callbacks:
+            self.status = LOOK_ONLY
+            return
         try:
             for fn in list(self._callbacks):
                 fn(self)

@@ -40,6 +40,32 @@ def test_notebook_runs_top_to_bottom_on_the_local_server(path, monkeypatch, tmp_
     assert not re.search(r"md-local-[A-Za-z0-9_-]{8}", text)  # the local server's key never shows
 
 
+@pytest.mark.parametrize("stem", ["02_labeling_sft", "03_human_in_the_loop_rl"])
+def test_run_all_without_auto_mode_waits_for_the_person(stem, monkeypatch, tmp_path):
+    """Run All as a person does it, with nobody standing in: no cell raises, the cells after the
+    session say what to do instead of exporting or training on nothing, and the session is still
+    open at the end (nothing closes it under the person)."""
+    for var in ("MOONDREAM_API_KEY", "MOONDREAM_ENDPOINT", "MOONDREAM_NB_AUTO"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MOONDREAM_NB_DATA_DIR", str(tmp_path / "server"))
+    nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem == stem), as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell('print("session closed:", session.closed)'))
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(tmp_path)}})
+    try:
+        client.execute()
+    finally:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, ARTIFACTS / f"{stem}.run_all_no_auto.ipynb")
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(str(o.get("text", "")) for o in outputs)
+    assert "session closed: False" in text
+    if stem.startswith("02_"):
+        assert "Nothing labelled yet" in text
+        assert not (tmp_path / "labels" / "02_purple.coco.json").exists()  # no empty export
+
+
 def test_quickstart_with_a_key_uses_that_endpoint_and_never_shows_the_key(monkeypatch, tmp_path):
     """The path a Moondream Cloud user takes: ``MOONDREAM_API_KEY`` + ``MOONDREAM_ENDPOINT`` set, so
     ``connect()`` starts nothing and every call goes to that endpoint with that key. A local server

@@ -212,6 +212,21 @@ def test_reviewer_click_keys_submit(lab, artifacts, kernel_server):
     assert lab.value("ft.train_step([rv.group()])['applied']") in (True, False)
 
 
+def test_a_reviewer_without_a_callback_says_it_is_for_looking(lab, artifacts, kernel_server):
+    out = lab.run_cell("look = RolloutReviewer(resp)\nlook")
+    panel = out.locator(".mdnb-reviewer")
+    assert not panel.locator('button[data-act="submit"]').is_visible()  # nothing to submit to
+    assert "for looking" in panel.locator(".mdnb-status").inner_text()
+    assert "Enter submits" not in panel.locator(".mdnb-hint").inner_text()
+    panel.locator('.mdnb-item[data-r="0"]').click()
+    lab.page.keyboard.press("Enter")  # was "submitted (0 callbacks)": rewards led nowhere
+    lab.page.wait_for_timeout(500)
+    assert "train nothing" in lab.value("look.status")
+    panel.screenshot(path=str(artifacts / "rollout_reviewer_for_looking.png"))
+    lab.kernel("look.on_submit(lambda r: None)")
+    panel.locator('button[data-act="submit"]').wait_for(state="visible", timeout=5000)
+
+
 def test_reviewer_scale_slider_and_keys(lab, artifacts, kernel_server):
     lab.kernel("presp = ft.rollouts('point', image=scene.image, object=target + 's', num_rollouts=4)")
     out = lab.run_cell("rs = RolloutReviewer(presp, rewards='scale')\nrs")

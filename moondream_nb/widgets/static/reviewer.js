@@ -36,6 +36,7 @@ function render({ model, el }) {
   // The rewards travel with the message: ipywidgets holds state updates back while the kernel is
   // busy, but sends custom messages at once, so a quick Enter could otherwise overtake them.
   const submit = () => { model.save_changes(); model.send({ type: "submit", rewards: model.get("rewards") }); };
+  const lookOnly = () => !model.get("submittable");
 
   // --- image + overlay: built once; reward changes only flip classes ---------------------
   let stage = null;
@@ -161,7 +162,9 @@ function render({ model, el }) {
     }
     if (mode === "rank") legend.replaceChildren(...rankOrder(rewards).map((i) => items[i]));
     else if (!legend.childElementCount) legend.replaceChildren(...items);
-    statusEl.textContent = model.get("status");
+    statusEl.textContent = model.get("status") || (lookOnly() ? "for looking: nothing is trained from this panel (attach on_submit, or use a ReviewSession)" : "");
+    submitBtn.hidden = lookOnly();
+    hint.textContent = lookOnly() ? hints[mode].replace(/ · Enter submits$/, "") : hints[mode];
   }
 
   // --- header, buttons, keys ------------------------------------------------------------
@@ -171,15 +174,17 @@ function render({ model, el }) {
     rank: "drag rows to rank (top = best) · keys: 1–9 pick, ↑/↓ move in rank · Enter submits",
   };
   const statusEl = h("span", { class: "mdnb-status" });
+  const submitBtn = h("button", { class: "mdnb-btn mdnb-primary", "data-act": "submit", text: "Submit ⏎", onclick: () => submit() });
+  const hint = h("div", { class: "mdnb-hint", text: hints[mode] });
   const toolbar = h("div", { class: "mdnb-toolbar" },
-    h("button", { class: "mdnb-btn mdnb-primary", "data-act": "submit", text: "Submit ⏎", onclick: () => submit() }),
+    submitBtn,
     mode === "binary" ? h("button", { class: "mdnb-btn", "data-act": "all-good", text: "all good", onclick: () => setRewards(new Array(n).fill(1)) }) : null,
     mode === "binary" ? h("button", { class: "mdnb-btn", "data-act": "all-bad", text: "all bad", onclick: () => setRewards(new Array(n).fill(0)) }) : null,
     stage ? h("button", { class: "mdnb-btn", "data-act": "fit", title: "Fit (f)", text: "⤢", onclick: () => stage.fit() }) : null,
     statusEl);
   const header = h("div", { class: "mdnb-prompt", text: model.get("prompt") });
   const body = h("div", { class: "mdnb-review" }, stage ? stage.root : null, legend);
-  el.replaceChildren(header, toolbar, body, h("div", { class: "mdnb-hint", text: hints[mode] }));
+  el.replaceChildren(header, toolbar, body, hint);
 
   el.addEventListener("keydown", (e) => {
     if (e.target.tagName === "INPUT" && e.key !== "Enter") return;
@@ -205,12 +210,14 @@ function render({ model, el }) {
   model.on("change:rewards", update);
   model.on("change:selected", update);
   model.on("change:status", update);
+  model.on("change:submittable", update);
   update();
   markPainted(el, t0, stage);
   return () => {
     model.off("change:rewards", update);
     model.off("change:selected", update);
     model.off("change:status", update);
+    model.off("change:submittable", update);
     if (stage) stage.destroy();
   };
 }
