@@ -22,7 +22,8 @@ def history_frame(history: Iterable[Mapping[str, Any]]) -> Any:
             train steps the server did not apply are left out.
 
     Returns:
-        ``pandas.DataFrame`` (index ``step``, sorted); empty with that index when there is nothing.
+        ``pandas.DataFrame`` (index ``step``, sorted; ``time`` as UTC datetimes); empty with that
+        index when there is nothing.
     """
     import pandas as pd
 
@@ -35,6 +36,8 @@ def history_frame(history: Iterable[Mapping[str, Any]]) -> Any:
     frame = pd.DataFrame(rows).drop(columns=["kind"], errors="ignore")
     frame = frame.groupby("step", sort=True).last()
     frame.index = frame.index.astype("int64")
+    if "time" in frame.columns:  # epoch seconds on the rows: a person reads dates
+        frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
     ordered = [c for c in FIGURES if c in frame.columns]
     rest = [c for c in frame.columns if c not in ordered]
     return frame[ordered + rest]
@@ -69,7 +72,11 @@ def rollouts_frame(response: Mapping[str, Any], rewards: Sequence[float] | None 
 
 
 def checkpoints_frame(checkpoints: Iterable[Mapping[str, Any]]) -> Any:
-    """Saved checkpoints indexed by ``step``: ``checkpoint_id``, ``created``, ``updated``, ``expires`` (UTC)."""
+    """Saved checkpoints indexed by ``step``: ``checkpoint_id``, ``created``, ``updated``, ``expires`` (UTC).
+
+    ``expires`` is ``NaT`` when the service gives no expiry (``expires_at_ms: null``: saved
+    checkpoints are kept), shown as "–" in the checkpoint browser.
+    """
     import pandas as pd
 
     rows = []

@@ -100,7 +100,7 @@ class CheckpointBrowser(Panel):
     def refresh(self) -> None:
         """Re-list the saved checkpoints."""
         rows = [{"step": c["step"], "checkpoint_id": c.get("checkpoint_id", ""), "created": _when(c.get("created_at_ms")),
-                 "expires": _when(c.get("expires_at_ms")) if c.get("expires_at_ms") is not None else "never"}
+                 "expires": _when(c.get("expires_at_ms"))}  # "–" when none is given, NaT in checkpoints_frame
                 for c in self._ft.iter_checkpoints()]
         self.checkpoints = rows
         steps = {r["step"] for r in rows}

@@ -28,7 +28,7 @@ def test_table_run_scores_save_delete(trained, scene):
     cb = CheckpointBrowser(trained, images, {"skill": "detect", "object": "squares"}, ground_truth=truth)
     assert cb.checkpoints == []
     cb.save()
-    assert [c["step"] for c in cb.checkpoints] == [1] and cb.checkpoints[0]["expires"] == "never"
+    assert [c["step"] for c in cb.checkpoints] == [1] and cb.checkpoints[0]["expires"] == "–"  # as NaT in checkpoints_frame: no expiry given
     results = cb.run([BASE, 1])
     assert list(results) == ["base", "step 1"] and all(len(v) == 2 for v in results.values())
     for col in cb.columns:  # scores are the reward formulas on each model's real output

@@ -25,6 +25,15 @@ def test_rollouts_frame(responses):
     assert list(q["reward"]) == [1, 0, 1] and q["answer"].notna().all()
 
 
+def test_history_frame_time_is_a_utc_datetime():
+    import pandas as pd
+
+    df = frames.history_frame([{"kind": "train_step", "step": 1, "time": 1_796_186_000.5, "kl": 0.1},
+                               {"kind": "metrics", "step": 1, "time": 1_796_186_001.0, "eval": 0.5}])
+    assert isinstance(df["time"].dtype, pd.DatetimeTZDtype) and str(df["time"].dt.tz) == "UTC"  # was 1.796186e+09
+    assert str(df.loc[1, "time"]) == "2026-12-02 04:33:21+00:00" and df.loc[1, "eval"] == 0.5
+
+
 def test_checkpoints_frame():
     df = frames.checkpoints_frame([{"step": 4, "checkpoint_id": "b", "created_at_ms": 0, "updated_at_ms": 0,
                                     "expires_at_ms": None},
