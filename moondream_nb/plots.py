@@ -149,14 +149,34 @@ def metrics_figure(frame: Any, *, smoothing: float = 0.0, columns: Sequence[str]
         ax.plot(steps, values, color="C0", alpha=0.3 if smoothing > 0 else 1.0, lw=1)
         if smoothing > 0:
             ax.plot(steps, smooth(values, smoothing), color="C0", lw=1.8)
+        if len(values) == 1:  # a lone value: marked, with what it is
+            ax.plot(steps, values, "o", color="C0")
+            ax.annotate(f"step {steps[0]}: {values[0]:.4g}", (steps[0], values[0]), textcoords="offset points",
+                        xytext=(6, 6), fontsize=8)
         if name == "reward_mean" and "reward_std" in frame:
             both = frame[["reward_mean", "reward_std"]].dropna()
-            ax.fill_between(both.index, both["reward_mean"] - both["reward_std"],
-                            both["reward_mean"] + both["reward_std"], color="C0", alpha=0.15, lw=0)
+            mean, std = list(both["reward_mean"]), list(both["reward_std"])
+            ax.fill_between(both.index, clip_to_range(name, values, [m - d for m, d in zip(mean, std)]),
+                            clip_to_range(name, values, [m + d for m, d in zip(mean, std)]),
+                            color="C0", alpha=0.15, lw=0)
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("step", fontsize=7)
     return fig
+
+
+# Ranges some metrics cannot leave (None: unbounded on that side). Charts clip a band (mean ± std)
+# to the range when every value lies inside it, so a reward in [0, 1] never gets a negative band.
+METRIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "reward_mean": (0.0, 1.0), "kl": (0.0, None), "grad_norm": (0.0, None), "sft_loss": (0.0, None)}
+
+
+def clip_to_range(name: str, values: Sequence[float], band: Sequence[float]) -> list[float]:
+    """``band`` clipped to the range of metric ``name`` when every one of ``values`` lies inside it."""
+    lo, hi = METRIC_RANGES.get(name, (None, None))
+    if not all((lo is None or v >= lo) and (hi is None or v <= hi) for v in values):
+        return list(band)
+    return [min(hi, b) if hi is not None else b for b in (max(lo, b) if lo is not None else b for b in band)]
 
 
 def metric_columns(frame: Any) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 import traitlets as t
 
 from .. import protocol
+from ..plots import METRIC_RANGES
 from ._base import Panel, esm
 
 _SKIP = {"time", "groups", "rl_groups", "sft_groups", "rollouts", "lr", "applied"}
@@ -48,11 +49,13 @@ class MetricsPanel(Panel):
     order = t.List(t.Unicode()).tag(sync=True)
     smoothing = t.Float(0.6).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
+    ranges = t.Dict().tag(sync=True)  # plots.METRIC_RANGES: bands are clipped to them
 
     def __init__(self, ft: Any, *, smoothing: float = 0.6, live: bool = True, interval: float = 1.0,
                  **kwargs: Any) -> None:
         _history(ft)  # validates the source
         protocol.check_number(interval, "interval", 0, lo_open=True)
+        kwargs.setdefault("ranges", {k: list(v) for k, v in METRIC_RANGES.items()})
         super().__init__(smoothing=smoothing, **kwargs)
         self._ft = ft
         self._seen = -1

@@ -281,6 +281,31 @@ def test_metrics_panel_live(lab, artifacts, kernel_server):
     drive_metrics_panel(lab, artifacts, 0.9, "metrics_panel.png")
 
 
+def test_metrics_charts_have_axes_a_person_can_read(lab, artifacts):
+    """Y ticks with values, a reward band that stays inside [0, 1], a lone value marked with its
+    value, and a hover readout of step and value (the chart used to show only "-0.166 … 1.136")."""
+    out = lab.run_cell(
+        "rows = [{'kind': 'train_step', 'step': s, 'time': float(s), 'applied': True, 'reward_mean': m,\n"
+        "         'reward_std': 0.45, 'kl': 0.01 * s} for s, m in [(1, 0.1), (2, 0.5), (3, 0.9), (4, 0.95)]]\n"
+        "rows.append({'kind': 'metrics', 'step': 4, 'time': 5.0, 'eval/held_out': 0.75})\n"
+        "charts = MetricsPanel(rows, live=False)\ncharts")
+    reward = out.locator('.mdnb-chart[data-name="reward_mean"]')
+    ticks = [float(t) for t in reward.locator(".mdnb-ytick").all_inner_texts()]
+    assert len(ticks) >= 3 and min(ticks) >= 0 and max(ticks) <= 1  # clipped to the reward's range
+    assert ticks == sorted(ticks)
+    lone = out.locator('.mdnb-chart[data-name="eval/held_out"]')
+    assert "0.75" in lone.locator(".mdnb-dot-label").inner_text()
+    plot = out.locator('.mdnb-chart[data-name="kl"] .mdnb-plot')
+    plot.scroll_into_view_if_needed()
+    box = plot.bounding_box()
+    lab.page.mouse.move(box["x"] + box["width"] * 0.36, box["y"] + box["height"] / 2)
+    readout = out.locator('.mdnb-chart[data-name="kl"] .mdnb-readout')
+    assert readout.inner_text() == "step 2: 0.0200"
+    out.locator(".mdnb-metrics").screenshot(path=str(artifacts / "metrics_axes.png"))
+    lab.page.mouse.move(0, 0)
+    assert readout.inner_text().startswith("last 0.0400")
+
+
 def test_checkpoint_browser(lab, artifacts, kernel_server):
     panel, step = drive_checkpoint_browser(lab, artifacts, "checkpoint_browser.png")
     lab.page.once("dialog", lambda d: d.accept())

@@ -61,3 +61,14 @@ def test_metrics_figure_empty():
 @pytest.mark.parametrize("weight", [0.0, 0.5, 0.95])
 def test_smooth_constant_stays_constant(weight):
     assert plots.smooth([2.0] * 5, weight) == pytest.approx([2.0] * 5)
+
+
+def test_bands_are_clipped_to_a_metric_range_only_when_its_values_sit_inside():
+    assert plots.clip_to_range("reward_mean", [0.1, 0.9], [-0.2, 1.3]) == [0.0, 1.0]
+    assert plots.clip_to_range("reward_mean", [-2.0, 3.0], [-2.5, 3.5]) == [-2.5, 3.5]  # custom rewards: as they are
+    assert plots.clip_to_range("eval/x", [0.1], [-1.0]) == [-1.0]
+
+
+def test_a_lone_value_is_marked_with_its_value_in_the_static_figure():
+    fig = plots.metrics_figure(frames.history_frame([{"kind": "metrics", "step": 3, "time": 1.0, "eval/once": 0.75}]))
+    assert [t.get_text() for t in fig.axes[0].texts] == ["step 3: 0.75"]
