@@ -102,3 +102,17 @@ def output_shapes(skill: str, output: Mapping | None) -> list[dict]:
             if isinstance(pt, Sequence) and len(pt) == 2:
                 shapes.append({"type": "point", "x": pt[0], "y": pt[1]})
     return shapes
+
+
+def truth_compact(ground_truth: Mapping | None) -> dict:
+    """What a panel draws of a ground truth (point ``{"points"|"boxes"}``, detect ``{"boxes"}``):
+    ``{"p": [[x, y], ...], "b": [[x_min, y_min, x_max, y_max], ...]}``; ``{}`` for none."""
+    if not ground_truth:
+        return {}
+    out: dict[str, Any] = {}
+    if ground_truth.get("points"):
+        out["p"] = [[float(p["x"]), float(p["y"])] for p in ground_truth["points"]]
+    if ground_truth.get("boxes"):
+        out["b"] = [[float(b[k]) for k in BOX_KEYS] for b in ground_truth["boxes"]]
+    return out
+

@@ -12,7 +12,7 @@ import traitlets as t
 from .. import protocol, rewards
 from ._base import Panel, esm
 from ._image import display_bytes, to_pil
-from ._shapes import BOX_KEYS, color_of, output_shapes
+from ._shapes import BOX_KEYS, color_of, output_shapes, truth_compact
 
 BASE = -1  # the column of the base model (no finetune)
 _PREVIEW_SIDE = 512  # the cells are small: no need to ship full-size images
@@ -65,6 +65,8 @@ class CheckpointBrowser(Panel):
     columns = t.List(t.Dict()).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
     offer_base = t.Bool(True).tag(sync=True)
+    truths = t.List(t.Dict()).tag(sync=True)  # truth_compact per image, drawn as white dashed marks
+    show_truth = t.Bool(True).tag(sync=True)
 
     def __init__(self, ft: Any, images: Any, request: Mapping, ground_truth: Sequence | None = None, *,
                  base: bool = True, vl: Any = None, width: int = 900, **kwargs: Any) -> None:
@@ -88,7 +90,8 @@ class CheckpointBrowser(Panel):
         encoded = [display_bytes(p, _PREVIEW_SIDE) for p in pils]
         text = request.get("question") if skill == "query" else request.get("object")
         super().__init__(skill=skill, prompt=f"{skill}: {text}", width=width, _images=[e[0] for e in encoded],
-                         _mimes=[e[1] for e in encoded], image_sizes=[list(e[2]) for e in encoded], **kwargs)
+                         _mimes=[e[1] for e in encoded], image_sizes=[list(e[2]) for e in encoded],
+                         truths=[truth_compact(gt) if skill != "query" else {} for gt in (ground_truth or [])], **kwargs)
         self._ft, self._vl, self._pils, self._sources = ft, vl, pils, images
         self.request, self.ground_truth, self.offer_base = dict(request), ground_truth, bool(base)
         self.results: dict[str, list[dict]] = {}

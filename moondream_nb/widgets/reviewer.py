@@ -11,7 +11,7 @@ import traitlets as t
 from .. import protocol
 from ._base import ImagePanel, esm
 from ._image import MAX_DISPLAY_SIDE, request_image
-from ._shapes import BOX_KEYS, color_of, output_shapes
+from ._shapes import BOX_KEYS, color_of, output_shapes, truth_compact
 from ._static import overlay_jpeg
 
 REWARD_MODES = ("binary", "scale", "rank")
@@ -102,6 +102,8 @@ class RolloutReviewer(ImagePanel):
         rewards: ``"binary"``, ``"scale"`` or ``"rank"``.
         width: display width in CSS pixels; the image is sent at up to twice that on its long
             side (coordinates are normalized, so nothing moves).
+        ground_truth: the item's ground truth (point ``{"points"|"boxes"}``, detect ``{"boxes"}``),
+            drawn as white dashed marks under the rollouts; ``g`` or the *truth* button toggles it.
 
     Attributes:
         rewards: one float per rollout, rollout order; starts from the server's ground-truth
@@ -123,11 +125,16 @@ class RolloutReviewer(ImagePanel):
     reward_mode = t.Unicode("binary").tag(sync=True)
     selected = t.Int(-1).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
+    truth = t.Dict().tag(sync=True)  # truth_compact(ground_truth)
+    scored = t.List(t.Bool()).tag(sync=True)  # per rollout: has a reward been given (by the server or a person)
+    show_truth = t.Bool(True).tag(sync=True)
     submittable = t.Bool(False).tag(sync=True)  # a callback is attached: Enter / Submit send the scores somewhere
 
     def __init__(self, response: Mapping, image: Any = None, rewards: str = "binary", *, width: int = 640,
-                 **kwargs: Any) -> None:
+                 ground_truth: Mapping | None = None, **kwargs: Any) -> None:
         skill, rollouts = validate_response(response)
+        if ground_truth is not None:
+            protocol.validate_ground_truth(skill, ground_truth, "ground_truth")
         if rewards not in REWARD_MODES:
             protocol.fail("rewards", f"must be one of {', '.join(REWARD_MODES)}", rewards)
         self.response = response
@@ -144,7 +151,9 @@ class RolloutReviewer(ImagePanel):
         super().__init__(
             **image_state, skill=skill, prompt=prompt_of(skill_request(response)), reward_mode=rewards,
             width=width, _rollouts=[_compact(skill, r["output"]) for r in rollouts],
-            colors=[color_of(i) for i in range(len(rollouts))], rewards=start, **kwargs)
+            colors=[color_of(i) for i in range(len(rollouts))], rewards=start, truth=truth_compact(ground_truth),
+            scored=[self.server_rewards is not None] * len(rollouts), **kwargs)
+        self.ground_truth = ground_truth
         self._callbacks: list[Callable[["RolloutReviewer"], Any]] = []
         self.error: BaseException | None = None
         self.on_msg(self._on_front_end_msg)
@@ -152,6 +161,17 @@ class RolloutReviewer(ImagePanel):
     @t.validate("rewards")
     def _valid_rewards(self, proposal: Any) -> list[float]:
         return check_rewards(proposal["value"], len(self.response["rollouts"]))
+
+    @t.observe("rewards")
+    def _mark_scored(self, change: Any) -> None:
+        old, new = change["old"] or [], change["new"]
+        if len(self.scored) == len(new) and len(old) == len(new):
+            self.scored = [s or a != b for s, a, b in zip(self.scored, old, new)]
+
+    @property
+    def unscored(self) -> list[int]:
+        """Rollouts nobody scored yet (no server reward, no click): they count as 0.0 in :meth:`group`."""
+        return [i for i, s in enumerate(self.scored) if not s]
 
     @property
     def rollouts(self) -> list[dict]:
@@ -222,7 +242,7 @@ class RolloutReviewer(ImagePanel):
         if self._pil is None or self.skill == "query":
             return super()._fallback_image()
         shapes = [dict(s, color=self.colors[i], group=i) for i, group in enumerate(self._shapes()) for s in group]
-        bad = [i for i, r in enumerate(self.rewards) if not r >= 0.5]
+        bad = [i for i, r in enumerate(self.rewards) if not r >= 0.5 and self.scored[i]]
         return overlay_jpeg(self._pil, shapes, faded=bad)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:

@@ -109,3 +109,15 @@ def test_query_without_image_has_no_canvas():
     assert data["image/png"][:4] == b"\x89PNG"  # the matplotlib legend with the answers
     texts = [t.get_text() for t in rv.to_figure().axes[1].get_legend().get_texts()]
     assert "4" in texts[0] and "reward 1.00" in texts[0]
+
+
+def test_rollouts_without_rewards_are_unscored_until_someone_scores_them(responses):
+    from moondream_nb.widgets import RolloutReviewer
+
+    bare = responses["point"]  # sampled without ground truth: no rewards
+    assert bare["rewards"] is None
+    rv = RolloutReviewer(bare)
+    assert rv.unscored == list(range(len(bare["rollouts"])))  # shown as "–", not "✗ 0.00"
+    rv.rewards = [1.0] + [0.0] * (len(bare["rollouts"]) - 1)
+    assert rv.unscored == list(range(1, len(bare["rollouts"])))
+    assert RolloutReviewer(responses["detect"]).unscored == []  # the server scored them

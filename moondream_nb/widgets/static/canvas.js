@@ -66,7 +66,12 @@ function renderCanvas(model, el) {
     layers.forEach((shape, i) => {
       const e = shapeEl(shape, i, W, H, u);
       if (i === sel) e.classList.add("mdnb-selected");
-      nodes.push(e);
+      const halo = e.cloneNode(false);  // a dark edge under the mark (core.js marksMarkup)
+      halo.setAttribute("class", "mdnb-halo");
+      halo.removeAttribute("style");
+      delete halo.dataset.i;
+      if (shape.type === "point") halo.dataset.rp = "2.5";
+      nodes.push(halo, e);
       const l = labelEl(shape, W, H, u);
       if (l) nodes.push(l);
     });

@@ -10,21 +10,16 @@ function cellUrl(model, i) {
   return urls[i];
 }
 
-function miniStage(url, W, H, cell, color) {
+const CELL_PX = 260; // a cell's image width (panels.css --mdnb-width)
+
+function miniStage(url, W, H, cell, color, truth) {
   const root = h("div", { class: "mdnb-stage" });
   const inner = h("div", { class: "mdnb-inner" });
   inner.style.aspectRatio = `${W} / ${H}`;
   const svg = s("svg", { class: "mdnb-svg", viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none" });
-  for (const p of cell.p || []) {
-    const c = s("circle", { class: "mdnb-shape mdnb-pt", cx: p[0] * W, cy: p[1] * H, r: Math.max(W, H) / 90 });
-    c.style.fill = color;
-    svg.append(c);
-  }
-  for (const b of cell.b || []) {
-    const r = s("rect", { class: "mdnb-shape mdnb-box", x: b[0] * W, y: b[1] * H, width: (b[2] - b[0]) * W, height: (b[3] - b[1]) * H });
-    r.style.stroke = color;
-    svg.append(r);
-  }
+  const c = String(color).replace(/[^#a-zA-Z0-9(),.% ]/g, "");
+  svg.innerHTML = truthMarkup(truth, W, H) + `<g class="mdnb-roll" stroke="${c}" fill="${c}">${marksMarkup(cell.p, cell.b, W, H)}</g>`;
+  setRadii(svg, pointRadiusPx(CELL_PX), Math.max(W, H) / CELL_PX);
   inner.append(h("img", { class: "mdnb-img", src: url, draggable: "false", alt: "" }), svg);
   root.append(inner);
   return root;
@@ -38,14 +33,20 @@ function render({ model, el }) {
   const status = h("span", { class: "mdnb-status" });
   const table = h("table", { class: "mdnb-table" });
   const grid = h("div", { class: "mdnb-grid" });
+  const truths = model.get("truths") || [];
+  const hasTruth = truths.some((t) => t && ((t.p || []).length + (t.b || []).length) > 0);
+  const truthBtn = hasTruth ? h("button", { class: "mdnb-btn", "data-act": "truth", title: "ground truth", text: "truth",
+    onclick: () => { model.set("show_truth", !model.get("show_truth")); model.save_changes(); } }) : null;
+  const legend = h("div", { class: "mdnb-legend-row" });
   el.replaceChildren(
     h("div", { class: "mdnb-prompt", text: model.get("prompt") }),
     h("div", { class: "mdnb-toolbar" },
       h("button", { class: "mdnb-btn mdnb-primary", "data-act": "run", text: "Run chosen", onclick: () => { status.textContent = "running…"; send({ type: "run" }); } }),
       h("button", { class: "mdnb-btn", "data-act": "save", text: "Save current step", onclick: () => send({ type: "save" }) }),
       h("button", { class: "mdnb-btn", "data-act": "refresh", text: "Refresh", onclick: () => send({ type: "refresh" }) }),
+      truthBtn,
       status),
-    table, grid);
+    table, legend, grid);
 
   function toggle(step, on) {
     const cur = new Set(model.get("chosen"));
@@ -71,7 +72,18 @@ function render({ model, el }) {
     table.replaceChildren(head, ...body);
   }
 
+  function drawLegend() {
+    const cols = model.get("columns") || [];
+    const entry = (swatch, text) => h("span", { class: "mdnb-legend-entry" }, swatch, h("span", { text }));
+    const sw = (color) => { const e = h("span", { class: "mdnb-swatch" }); e.style.background = color; return e; };
+    legend.replaceChildren(...cols.map((c) => entry(sw(c.color), c.label)),
+      ...(hasTruth ? [entry(h("span", { class: "mdnb-swatch mdnb-truth-swatch" }), "ground truth")] : []));
+    grid.classList.toggle("mdnb-truth-off", !model.get("show_truth"));
+    if (truthBtn) truthBtn.classList.toggle("mdnb-active", model.get("show_truth"));
+  }
+
   function drawGrid() {
+    drawLegend();
     const cols = model.get("columns") || [];
     const sizes = model.get("image_sizes");
     grid.style.gridTemplateColumns = `repeat(${Math.max(1, cols.length)}, minmax(160px, 260px))`;
@@ -85,7 +97,7 @@ function render({ model, el }) {
       for (const c of cols) {
         const cell = c.cells[i] || {};
         cells.push(h("div", { class: "mdnb-cell", "data-label": c.label, "data-image": i },
-          miniStage(cellUrl(model, i), W, H, cell, c.color),
+          miniStage(cellUrl(model, i), W, H, cell, c.color, truths[i]),
           cell.answer !== undefined ? h("span", { class: "mdnb-answer", text: cell.answer }) : null,
           cell.score !== null && cell.score !== undefined ? h("span", { class: "mdnb-score", text: `score ${fmt(cell.score)}` }) : null));
       }
@@ -97,11 +109,12 @@ function render({ model, el }) {
   model.on("change:chosen", drawTable);
   model.on("change:columns", drawGrid);
   model.on("change:status", drawStatus);
+  model.on("change:show_truth", drawLegend);
   drawTable(); drawGrid(); drawStatus();
   markPainted(el, t0, null);
   return () => {
     model.off("change:checkpoints", drawTable); model.off("change:chosen", drawTable);
-    model.off("change:columns", drawGrid); model.off("change:status", drawStatus);
+    model.off("change:columns", drawGrid); model.off("change:status", drawStatus); model.off("change:show_truth", drawLegend);
   };
 }
 

@@ -4,8 +4,14 @@
 // always normalized 0-1; pixels exist only here.
 
 const SVGNS = "http://www.w3.org/2000/svg";
-const POINT_RADIUS_PX = 5; // on screen, whatever the zoom
+const POINT_RADIUS_PX = 5; // on screen at least, whatever the zoom ...
+const POINT_RADIUS_FRACTION = 0.009; // ... and this much of the displayed image's width (9 px at most)
 const HANDLE_PX = 6;
+
+// Screen radius of a point for an image shown `width` CSS px wide (at zoom 1).
+function pointRadiusPx(width) {
+  return Math.min(9, Math.max(POINT_RADIUS_PX, POINT_RADIUS_FRACTION * width));
+}
 
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
@@ -98,9 +104,10 @@ function createStage(model, { sizeKey = "image_size", imageKey = "_image", width
     inner.style.transform = `translate(${view.tx}px, ${view.ty}px) scale(${view.z})`;
     stage.rescale();
   };
+  stage.radius = () => pointRadiusPx(svg.getBoundingClientRect().width / view.z || 0);
   stage.rescale = () => {
     const u = stage.unit();
-    for (const c of svg.querySelectorAll("circle.mdnb-pt")) c.setAttribute("r", POINT_RADIUS_PX * u);
+    setRadii(svg, stage.radius(), u);
     for (const c of svg.querySelectorAll("rect.mdnb-handle")) {
       const cx = +c.dataset.cx, cy = +c.dataset.cy;
       c.setAttribute("x", cx - HANDLE_PX * u);
@@ -143,6 +150,72 @@ function createStage(model, { sizeKey = "image_size", imageKey = "_image", width
   // Resolves once the image is decoded and laid out (first paint measurements wait for it).
   stage.ready = (url ? img.decode().catch(() => {}) : Promise.resolve()).then(() => stage.rescale());
   return stage;
+}
+
+// Overlay markup readable on any image: every mark sits on a dark halo (a light mark keeps an
+// edge on a light background) and points have a white rim (a dark mark on a dark one). Built as
+// one string per panel (far faster than createElementNS per mark); coordinates in image pixels,
+// radii set by stage.rescale. Colour comes from the enclosing <g>'s stroke/fill.
+const _f = (v) => +v.toFixed(2);
+function marksMarkup(points, boxes, W, H) {
+  const parts = [];
+  for (const b of boxes || []) {
+    const a = `x="${_f(b[0] * W)}" y="${_f(b[1] * H)}" width="${_f((b[2] - b[0]) * W)}" height="${_f((b[3] - b[1]) * H)}"`;
+    parts.push(`<rect class="mdnb-halo" ${a}/><rect class="mdnb-shape mdnb-box" ${a}/>`);
+  }
+  for (const p of points || []) {
+    const a = `cx="${_f(p[0] * W)}" cy="${_f(p[1] * H)}"`;
+    parts.push(`<circle class="mdnb-halo" data-rp="2.5" ${a}/><circle class="mdnb-shape mdnb-pt" ${a}/>`);
+  }
+  return parts.join("");
+}
+
+// Radii of an overlay's circles for a screen point radius R and u image px per screen px. Circles
+// carry data-rp: screen px beyond R (halos and truth rings are larger); badges keep a screen size.
+function setRadii(svg, R, u) {
+  for (const c of svg.querySelectorAll("circle.mdnb-pt, circle[data-rp]")) c.setAttribute("r", (R + +(c.dataset.rp || 0)) * u);
+  for (const b of svg.querySelectorAll("g.mdnb-badge")) {
+    b.setAttribute("transform", `translate(${+b.dataset.cx + (R + 2) * u} ${+b.dataset.cy - (R + 2) * u}) scale(${u})`);
+  }
+}
+
+// Ground truth: white dashed boxes and white rings (no rollout colour is white), on dark halos.
+function truthMarkup(truth, W, H) {
+  if (!truth) return "";
+  const parts = ['<g class="mdnb-truth">'];
+  for (const b of truth.b || []) {
+    const a = `x="${_f(b[0] * W)}" y="${_f(b[1] * H)}" width="${_f((b[2] - b[0]) * W)}" height="${_f((b[3] - b[1]) * H)}"`;
+    parts.push(`<rect class="mdnb-truth-halo" ${a}/><rect class="mdnb-truth-box" ${a}/>`);
+  }
+  for (const p of truth.p || []) {
+    const a = `cx="${_f(p[0] * W)}" cy="${_f(p[1] * H)}"`;
+    parts.push(`<circle class="mdnb-truth-halo" data-rp="5" ${a}/><circle class="mdnb-truth-ring" data-rp="5" ${a}/>`);
+  }
+  parts.push("</g>");
+  return parts.join("");
+}
+
+// Where several rollouts put a point on (nearly) the same spot, one badge "×k" says how many;
+// data-rs lists them (hovering it lights their legend rows). Cells of 1 % of the image.
+function coincidentMarkup(rolls, W, H) {
+  const cells = new Map();
+  rolls.forEach((roll, i) => {
+    for (const p of roll.p || []) {
+      const key = `${Math.round(p[0] * 100)},${Math.round(p[1] * 100)}`;
+      const cell = cells.get(key) || { x: p[0], y: p[1], rs: new Set() };
+      cell.rs.add(i);
+      cells.set(key, cell);
+    }
+  });
+  const parts = [];
+  for (const c of cells.values()) {
+    if (c.rs.size < 2) continue;
+    const rs = [...c.rs].join(",");
+    parts.push(`<g class="mdnb-badge" data-rs="${rs}" data-cx="${_f(c.x * W)}" data-cy="${_f(c.y * H)}">` +
+      `<title>rollouts ${[...c.rs].map((i) => "#" + (i + 1)).join(" ")} point here</title>` +
+      `<rect x="-2" y="-11" width="${c.rs.size >= 10 ? 26 : 20}" height="14" rx="3"/><text x="1" y="0">×${c.rs.size}</text></g>`);
+  }
+  return parts.join("");
 }
 
 // Draw one shape in image pixel units; data-i carries its index for hit-testing.

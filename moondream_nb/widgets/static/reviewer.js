@@ -25,11 +25,18 @@ function render({ model, el }) {
   const mode = model.get("reward_mode");
   let armed = false; // a digit picked a rollout; the next 0/1 scores it
 
-  const setRewards = (rewards) => { model.set("rewards", rewards); model.save_changes(); };
+  // A reward the person sets marks its rollout scored (unscored ones show "–", not "✗ 0.00").
+  const setRewards = (rewards, which = null) => {
+    const sc = (model.get("scored") || []).slice();
+    rewards.forEach((_, i) => { if (which === null || which === i) sc[i] = true; });
+    model.set("scored", sc);
+    model.set("rewards", rewards);
+    model.save_changes();
+  };
   const setReward = (i, v) => {
     const r = (model.get("rewards") || []).slice();
     r[i] = Math.round(clamp01(v) * 1e6) / 1e6;
-    setRewards(r);
+    setRewards(r, i);
   };
   const toggle = (i) => { const r = model.get("rewards")[i]; setReward(i, r >= GOOD ? 0 : 1); };
   const select = (i) => { model.set("selected", i); model.save_changes(); };
@@ -44,22 +51,17 @@ function render({ model, el }) {
   if (model.get("has_image")) {
     stage = createStage(model);
     const { svg, W, H } = stage;
-    // One markup string parsed once: far faster than 800 createElementNS + style calls. Colour
-    // sits on the <g> (stroke for boxes, fill for points) and is inherited.
-    const r = POINT_RADIUS_PX * stage.unit();
-    const f = (v) => +v.toFixed(2);
-    const parts = [];
+    // One markup string parsed once (core.js marksMarkup: halos, rims). Colour sits on the <g>
+    // (stroke for boxes, fill for points) and is inherited.
+    const parts = [truthMarkup(model.get("truth"), W, H)];
     rolls.forEach((roll, i) => {
       const color = String(colors[i]).replace(/[^#a-zA-Z0-9(),.% ]/g, "");
-      parts.push(`<g class="mdnb-roll" data-r="${i}" stroke="${color}" fill="${color}">`);
-      for (const p of roll.p || []) parts.push(`<circle class="mdnb-shape mdnb-pt" cx="${f(p[0] * W)}" cy="${f(p[1] * H)}" r="${r}"/>`);
-      for (const b of roll.b || []) {
-        parts.push(`<rect class="mdnb-shape mdnb-box" x="${f(b[0] * W)}" y="${f(b[1] * H)}" width="${f((b[2] - b[0]) * W)}" height="${f((b[3] - b[1]) * H)}"/>`);
-      }
-      parts.push("</g>");
+      parts.push(`<g class="mdnb-roll" data-r="${i}" stroke="${color}" fill="${color}">`, marksMarkup(roll.p, roll.b, W, H), "</g>");
     });
+    parts.push(coincidentMarkup(rolls, W, H));
     svg.insertAdjacentHTML("beforeend", parts.join(""));
     groups.push(...svg.querySelectorAll("g.mdnb-roll"));
+    stage.rescale();
     svg.addEventListener("click", (e) => {
       const g = e.target.closest && e.target.closest("g.mdnb-roll");
       if (!g) return;
@@ -68,6 +70,18 @@ function render({ model, el }) {
       if (mode === "binary") toggle(i);
       select(i);
     });
+    // Hovering a mark (or a "×k" badge) lights its legend row(s) and fades the other rollouts.
+    svg.addEventListener("pointerover", (e) => {
+      const t = e.target.closest && (e.target.closest("g.mdnb-roll") || e.target.closest("g.mdnb-badge"));
+      hot(t ? (t.dataset.rs ? t.dataset.rs.split(",").map(Number) : [+t.dataset.r]) : null);
+    });
+    svg.addEventListener("pointerleave", () => hot(null));
+  }
+
+  function hot(rs) {
+    const on = rs ? new Set(rs) : null;
+    groups.forEach((g, j) => { g.classList.toggle("mdnb-dim", !!on && !on.has(j)); g.classList.toggle("mdnb-hot", !!on && on.has(j)); });
+    items.forEach((it, j) => it.classList.toggle("mdnb-hot", !!on && on.has(j)));
   }
 
   // --- legend -------------------------------------------------------------------------
@@ -95,8 +109,8 @@ function render({ model, el }) {
       sliders.push(slider);
     }
     item.addEventListener("click", () => { armed = false; if (mode === "binary") toggle(i); select(i); });
-    item.addEventListener("mouseenter", () => groups.forEach((g, j) => g.classList.toggle("mdnb-dim", j !== i)));
-    item.addEventListener("mouseleave", () => groups.forEach((g) => g.classList.remove("mdnb-dim")));
+    item.addEventListener("mouseenter", () => hot([i]));
+    item.addEventListener("mouseleave", () => hot(null));
     if (mode === "rank") enableRankDrag(item, i);
     items.push(item);
     values.push(value);
@@ -150,18 +164,24 @@ function render({ model, el }) {
     const rewards = model.get("rewards") || [];
     const sel = model.get("selected");
     for (let i = 0; i < n; i++) {
-      const r = rewards[i], bad = mode === "binary" ? !(r >= GOOD) : false;
+      const scored = (model.get("scored") || [])[i] !== false;
+      const r = rewards[i], bad = mode === "binary" && scored ? !(r >= GOOD) : false;
       items[i].classList.toggle("mdnb-bad", bad);
       items[i].classList.toggle("mdnb-sel", i === sel);
-      values[i].textContent = mode === "binary" ? `${r >= GOOD ? "✓" : "✗"} ${fmt(r)}` : fmt(r);
+      values[i].textContent = !scored ? "–" : mode === "binary" ? `${r >= GOOD ? "✓" : "✗"} ${fmt(r)}` : fmt(r);
+      values[i].title = scored ? "" : "unscored: counts as 0 when submitted";
+      items[i].classList.toggle("mdnb-unscored", !scored);
       if (sliders[i] && +sliders[i].value !== r) sliders[i].value = r;
       if (groups[i]) {
         groups[i].classList.toggle("mdnb-bad", bad);
         groups[i].classList.toggle("mdnb-focus", i === sel);
       }
     }
-    if (mode === "rank") legend.replaceChildren(...rankOrder(rewards).map((i) => items[i]));
-    else if (!legend.childElementCount) legend.replaceChildren(...items);
+    if (mode === "rank") legend.replaceChildren(...rankOrder(rewards).map((i) => items[i]), ...extras);
+    else if (!legend.childElementCount) legend.replaceChildren(...items, ...extras);
+    body.classList.toggle("mdnb-has-sel", sel >= 0);
+    body.classList.toggle("mdnb-truth-off", !model.get("show_truth"));
+    if (truthBtn) truthBtn.classList.toggle("mdnb-active", model.get("show_truth"));
     statusEl.textContent = model.get("status") || (lookOnly() ? "for looking: nothing is trained from this panel (attach on_submit, or use a ReviewSession)" : "");
     submitBtn.hidden = lookOnly();
     hint.textContent = lookOnly() ? hints[mode].replace(/ · Enter submits$/, "") : hints[mode];
@@ -173,7 +193,15 @@ function render({ model, el }) {
     scale: "slider per rollout · keys: 1–9 pick, 0/1 set, ↑/↓ ±0.1 · Enter submits",
     rank: "drag rows to rank (top = best) · keys: 1–9 pick, ↑/↓ move in rank · Enter submits",
   };
+  const hasTruth = !!stage && !!model.get("truth") && ((model.get("truth").p || []).length + (model.get("truth").b || []).length) > 0;
   const statusEl = h("span", { class: "mdnb-status" });
+  const truthBtn = hasTruth ? h("button", { class: "mdnb-btn", "data-act": "truth", title: "ground truth (g)", text: "truth",
+    onclick: () => toggleTruth() }) : null;
+  const toggleTruth = () => { model.set("show_truth", !model.get("show_truth")); model.save_changes(); };
+  // legend rows after the rollouts: what the white dashed marks are
+  const extras = hasTruth ? [h("div", { class: "mdnb-item mdnb-legend-truth", title: "ground truth (g toggles)" },
+    h("span", { class: "mdnb-swatch mdnb-truth-swatch" }), h("span", { class: "mdnb-idx", text: "GT" }),
+    h("span", { class: "mdnb-answer", text: "ground truth (g toggles)" }), h("span", {}))] : [];
   const submitBtn = h("button", { class: "mdnb-btn mdnb-primary", "data-act": "submit", text: "Submit ⏎", onclick: () => submit() });
   const hint = h("div", { class: "mdnb-hint", text: hints[mode] });
   const toolbar = h("div", { class: "mdnb-toolbar" },
@@ -181,6 +209,7 @@ function render({ model, el }) {
     mode === "binary" ? h("button", { class: "mdnb-btn", "data-act": "all-good", text: "all good", onclick: () => setRewards(new Array(n).fill(1)) }) : null,
     mode === "binary" ? h("button", { class: "mdnb-btn", "data-act": "all-bad", text: "all bad", onclick: () => setRewards(new Array(n).fill(0)) }) : null,
     stage ? h("button", { class: "mdnb-btn", "data-act": "fit", title: "Fit (f)", text: "⤢", onclick: () => stage.fit() }) : null,
+    truthBtn,
     statusEl);
   const header = h("div", { class: "mdnb-prompt", text: model.get("prompt") });
   const body = h("div", { class: "mdnb-review" }, stage ? stage.root : null, legend);
@@ -200,6 +229,7 @@ function render({ model, el }) {
     else if ((k === "ArrowUp" || k === "ArrowDown") && sel >= 0) setReward(sel, model.get("rewards")[sel] + (k === "ArrowUp" ? 0.1 : -0.1));
     else if (k === "Escape") { select(-1); armed = false; }
     else if (k === "f" && stage) stage.fit();
+    else if (k === "g" && hasTruth) toggleTruth();
     else if ((k === "+" || k === "=") && stage) stage.zoomAt(1.5);
     else if (k === "-" && stage) stage.zoomAt(1 / 1.5);
     else handled = false;
@@ -211,6 +241,8 @@ function render({ model, el }) {
   model.on("change:selected", update);
   model.on("change:status", update);
   model.on("change:submittable", update);
+  model.on("change:show_truth", update);
+  model.on("change:scored", update);
   update();
   markPainted(el, t0, stage);
   return () => {
@@ -218,6 +250,8 @@ function render({ model, el }) {
     model.off("change:selected", update);
     model.off("change:status", update);
     model.off("change:submittable", update);
+    model.off("change:show_truth", update);
+    model.off("change:scored", update);
     if (stage) stage.destroy();
   };
 }

@@ -1,0 +1,109 @@
+"""Overlays readable on real photographs (issue 21): marks keep a contrasting edge on a busy photo
+(a pixel check against the same screenshot without the marks), coincident points say how many
+they are, hovering lights the legend, ground truth is a layer with a toggle and a legend entry.
+The photo is scikit-image's ``astronaut`` (shipped with the package; nothing downloaded).
+Screenshots: tests/artifacts/overlay_*.png."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SETUP = """\
+import skimage.data
+from PIL import Image
+from moondream_nb.client.images import ImageEncoder
+photo = Image.fromarray(skimage.data.astronaut())
+url = ImageEncoder().encode(photo).image_url
+BRIGHT, DARK = (0.75, 0.27), (0.85, 0.75)   # the white wall and the black background of the photo
+def point_response(spots):
+    return {"request": {"skill": "point", "object": "thing", "image_url": url},
+            "rollouts": [{"skill": "point", "output": {"points": [{"x": x, "y": y}]}} for x, y in spots]}
+def box_response(boxes):
+    return {"request": {"skill": "detect", "object": "thing", "image_url": url},
+            "rollouts": [{"skill": "detect", "output": {"objects": [dict(zip(("x_min", "y_min", "x_max", "y_max"), b))]}}
+                         for b in boxes]}
+"""
+
+# Rollout 10's colour (#bab0ac, a light grey) on the photo's white wall: the hard case.
+LIGHT = 9
+
+
+@pytest.fixture(scope="module")
+def photo_kernel(lab):
+    lab.kernel(SETUP)
+
+
+def _luma(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
+
+
+def _mark_contrast(lab, stage, spot: tuple[float, float], radius_px: int = 7) -> float:
+    """95th percentile of |luma with marks - luma without| in a window around ``spot`` (normalized)."""
+    stage.scroll_into_view_if_needed()
+    shown = _luma(stage.screenshot())
+    stage.evaluate("el => el.querySelector('svg.mdnb-svg').style.visibility = 'hidden'")
+    hidden = _luma(stage.screenshot())
+    stage.evaluate("el => el.querySelector('svg.mdnb-svg').style.visibility = ''")
+    h, w = shown.shape
+    cx, cy = int(spot[0] * w), int(spot[1] * h)
+    window = np.abs(shown - hidden)[cy - radius_px:cy + radius_px + 1, cx - radius_px:cx + radius_px + 1]
+    value = float(np.percentile(window, 95))
+    print(f"mark contrast at {spot}: {value:.0f}")
+    return value
+
+
+def test_marks_keep_a_contrasting_edge_on_a_busy_photo(lab, artifacts, photo_kernel):
+    spots = [(0.1 + 0.02 * i, 0.1) for i in range(LIGHT)] + [(0.75, 0.27)]  # the light one on the white wall
+    out = lab.run_cell("pts = RolloutReviewer(point_response(%r))\npts" % spots)
+    stage = out.locator(".mdnb-stage")
+    out.locator(".mdnb-reviewer").screenshot(path=str(artifacts / "overlay_points_photo.png"))
+    assert _mark_contrast(lab, stage, (0.75, 0.27)) > 100  # was ~40: a white rim on a white wall
+
+    boxes = [(0.05 + 0.02 * i, 0.05, 0.1 + 0.02 * i, 0.1) for i in range(LIGHT)] + [(0.62, 0.2, 0.88, 0.34)]
+    out = lab.run_cell("bxs = RolloutReviewer(box_response(%r))\nbxs" % boxes)
+    stage = out.locator(".mdnb-stage")
+    assert _mark_contrast(lab, stage, (0.75, 0.2), radius_px=4) > 100  # the box's top edge on the wall
+    out.locator(".mdnb-reviewer").screenshot(path=str(artifacts / "overlay_boxes_photo.png"))
+    # a "bad" box stays clearly visible
+    lab.kernel(f"bxs.rewards = [1.0] * {LIGHT + 1}\nbxs.rewards = [0.0] * {LIGHT + 1}")
+    lab.page.wait_for_timeout(300)
+    assert out.locator(".mdnb-roll.mdnb-bad").count() == LIGHT + 1
+    assert _mark_contrast(lab, stage, (0.75, 0.2), radius_px=4) > 60
+
+
+def test_coincident_points_say_how_many_and_hover_lights_their_rows(lab, artifacts, photo_kernel):
+    out = lab.run_cell("same = RolloutReviewer(point_response([(0.5, 0.5)] * 8), ground_truth="
+                       "{'points': [{'x': 0.52, 'y': 0.48}]})\nsame")
+    panel = out.locator(".mdnb-reviewer")
+    badge = panel.locator("g.mdnb-badge")
+    assert badge.count() == 1 and badge.locator("text").text_content() == "×8"
+    badge.hover()
+    assert panel.locator(".mdnb-item.mdnb-hot").count() == 8  # every row of the eight lights up
+    panel.screenshot(path=str(artifacts / "overlay_coincident.png"))
+    lab.page.mouse.move(0, 0)
+    assert panel.locator(".mdnb-item.mdnb-hot").count() == 0
+    # hovering one rollout's mark lights its row only
+    out2 = lab.run_cell("apart = RolloutReviewer(point_response([(0.2, 0.2), (0.6, 0.6)]))\napart")
+    out2.locator('g.mdnb-roll[data-r="1"] circle.mdnb-pt').hover()
+    assert out2.locator(".mdnb-item.mdnb-hot").all_inner_texts()[0].startswith("#2")
+
+
+def test_ground_truth_is_a_layer_with_a_toggle(lab, artifacts, photo_kernel):
+    out = lab.run_cell("gt = RolloutReviewer(box_response([(0.3, 0.3, 0.6, 0.6)]), ground_truth="
+                       "{'boxes': [{'x_min': 0.32, 'y_min': 0.28, 'x_max': 0.62, 'y_max': 0.58}]})\ngt")
+    panel = out.locator(".mdnb-reviewer")
+    truth = panel.locator(".mdnb-truth-box")
+    assert truth.count() == 1 and truth.is_visible()
+    assert "ground truth" in panel.locator(".mdnb-legend-truth").inner_text()
+    panel.click(position={"x": 5, "y": 5})
+    lab.page.keyboard.press("g")
+    lab.page.wait_for_timeout(300)
+    assert lab.value("gt.show_truth") is False and not truth.is_visible()
+    panel.locator('button[data-act="truth"]').click()
+    lab.page.wait_for_timeout(300)
+    assert lab.value("gt.show_truth") is True and truth.is_visible()
+    panel.screenshot(path=str(artifacts / "overlay_truth.png"))
