@@ -107,3 +107,23 @@ def test_ground_truth_is_a_layer_with_a_toggle(lab, artifacts, photo_kernel):
     lab.page.wait_for_timeout(300)
     assert lab.value("gt.show_truth") is True and truth.is_visible()
     panel.screenshot(path=str(artifacts / "overlay_truth.png"))
+
+
+def test_identical_query_answers_are_one_row_scored_together(lab, artifacts, photo_kernel):
+    lab.kernel("answers = ['hexagon', 'Hexagon ', 'hexagon', 'square', 'hexagon']\n"
+               "qr = RolloutReviewer({'request': {'skill': 'query', 'question': 'which shape?', 'image_url': url},\n"
+               "    'rollouts': [{'skill': 'query', 'output': {'answer': a}} for a in answers]})")
+    out = lab.run_cell("qr")
+    panel = out.locator(".mdnb-reviewer")
+    rows = panel.locator(".mdnb-item:visible")
+    assert rows.count() == 2 and "×4" in rows.nth(0).inner_text() and "square" in rows.nth(1).inner_text()
+    assert [t.strip() for t in panel.locator(".mdnb-item:visible .mdnb-reward").all_inner_texts()] == ["–", "–"]
+    rows.nth(0).click()  # one click scores the four "hexagon" rollouts
+    lab.page.wait_for_timeout(300)
+    assert lab.value("qr.rewards") == [1.0, 1.0, 1.0, 0.0, 1.0] and lab.value("qr.unscored") == [3]
+    for key in ("2", "0"):  # the second row is "square"
+        lab.page.keyboard.press(key)
+    lab.page.wait_for_timeout(300)
+    assert lab.value("qr.rewards") == [1.0, 1.0, 1.0, 0.0, 1.0] and lab.value("qr.unscored") == []
+    assert lab.value("qr.group()['rewards']") == [1.0, 1.0, 1.0, 0.0, 1.0]  # still one per rollout, in order
+    panel.screenshot(path=str(artifacts / "overlay_query_grouped.png"))

@@ -25,21 +25,37 @@ function render({ model, el }) {
   const mode = model.get("reward_mode");
   let armed = false; // a digit picked a rollout; the next 0/1 scores it
 
-  // A reward the person sets marks its rollout scored (unscored ones show "–", not "✗ 0.00").
+  // Query answers that are the same text (and reasoning) form one legend row: one score applies
+  // to every rollout in it (rewards stay one per rollout, in rollout order). leader[i] is the
+  // first rollout of i's row; members[leader] lists the row.
+  const norm = (t) => String(t ?? "").trim().replace(/\s+/g, " ").toLowerCase();
+  const leader = new Array(n), members = {};
+  const grouped = model.get("skill") === "query" && mode !== "rank";
+  const seen = new Map();
+  rolls.forEach((roll, i) => {
+    const key = grouped ? `${norm(roll.answer)}\u0000${norm(roll.reasoning)}` : `#${i}`;
+    if (!seen.has(key)) { seen.set(key, i); members[i] = []; }
+    leader[i] = seen.get(key);
+    members[leader[i]].push(i);
+  });
+  const leaders = [...seen.values()];
+  const rowOf = (i) => members[leader[i]];
+
+  // A reward the person sets marks its rollouts scored (unscored ones show "–", not "✗ 0.00").
   const setRewards = (rewards, which = null) => {
     const sc = (model.get("scored") || []).slice();
-    rewards.forEach((_, i) => { if (which === null || which === i) sc[i] = true; });
+    rewards.forEach((_, i) => { if (which === null || which.includes(i)) sc[i] = true; });
     model.set("scored", sc);
     model.set("rewards", rewards);
     model.save_changes();
   };
   const setReward = (i, v) => {
     const r = (model.get("rewards") || []).slice();
-    r[i] = Math.round(clamp01(v) * 1e6) / 1e6;
-    setRewards(r, i);
+    for (const j of rowOf(i)) r[j] = Math.round(clamp01(v) * 1e6) / 1e6;
+    setRewards(r, rowOf(i));
   };
   const toggle = (i) => { const r = model.get("rewards")[i]; setReward(i, r >= GOOD ? 0 : 1); };
-  const select = (i) => { model.set("selected", i); model.save_changes(); };
+  const select = (i) => { model.set("selected", i < 0 ? i : leader[i]); model.save_changes(); };
   // The rewards travel with the message: ipywidgets holds state updates back while the kernel is
   // busy, but sends custom messages at once, so a quick Enter could otherwise overtake them.
   const submit = () => { model.save_changes(); model.send({ type: "submit", rewards: model.get("rewards") }); };
@@ -99,8 +115,12 @@ function render({ model, el }) {
     const value = h("span", { class: "mdnb-reward" });
     const swatch = h("span", { class: "mdnb-swatch" });
     swatch.style.background = colors[i];
-    const item = h("div", { class: "mdnb-item", "data-r": i, title: `rollout ${i + 1}` },
+    const row = rowOf(i);
+    if (row.length > 1) answer.prepend(h("span", { class: "mdnb-count-badge", text: `×${row.length}`,
+      title: `rollouts ${row.map((j) => "#" + (j + 1)).join(" ")} gave this answer; one score applies to all` }), " ");
+    const item = h("div", { class: "mdnb-item", "data-r": i, "data-rs": row.join(","), title: `rollout ${i + 1}` },
       swatch, h("span", { class: "mdnb-idx", text: `#${i + 1}` }), answer, value);
+    if (leader[i] !== i) item.hidden = true;  // shown by its row's first rollout
     if (mode === "scale") {
       const slider = h("input", { type: "range", min: "0", max: "1", step: "0.05", "aria-label": `reward of rollout ${i + 1}` });
       slider.addEventListener("input", () => setReward(i, +slider.value));
@@ -109,7 +129,7 @@ function render({ model, el }) {
       sliders.push(slider);
     }
     item.addEventListener("click", () => { armed = false; if (mode === "binary") toggle(i); select(i); });
-    item.addEventListener("mouseenter", () => hot([i]));
+    item.addEventListener("mouseenter", () => hot(rowOf(i)));
     item.addEventListener("mouseleave", () => hot(null));
     if (mode === "rank") enableRankDrag(item, i);
     items.push(item);
@@ -167,14 +187,14 @@ function render({ model, el }) {
       const scored = (model.get("scored") || [])[i] !== false;
       const r = rewards[i], bad = mode === "binary" && scored ? !(r >= GOOD) : false;
       items[i].classList.toggle("mdnb-bad", bad);
-      items[i].classList.toggle("mdnb-sel", i === sel);
+      items[i].classList.toggle("mdnb-sel", leader[i] === sel);
       values[i].textContent = !scored ? "–" : mode === "binary" ? `${r >= GOOD ? "✓" : "✗"} ${fmt(r)}` : fmt(r);
       values[i].title = scored ? "" : "unscored: counts as 0 when submitted";
       items[i].classList.toggle("mdnb-unscored", !scored);
       if (sliders[i] && +sliders[i].value !== r) sliders[i].value = r;
       if (groups[i]) {
         groups[i].classList.toggle("mdnb-bad", bad);
-        groups[i].classList.toggle("mdnb-focus", i === sel);
+        groups[i].classList.toggle("mdnb-focus", sel >= 0 && leader[i] === sel);
       }
     }
     if (mode === "rank") legend.replaceChildren(...rankOrder(rewards).map((i) => items[i]), ...extras);
@@ -221,10 +241,10 @@ function render({ model, el }) {
     let handled = true;
     if (k === "Enter") submit();
     else if (armed && sel >= 0 && (k === "0" || k === "1")) { setReward(sel, +k); armed = false; }
-    else if (k >= "1" && k <= "9" && +k <= n) { select(+k - 1); armed = true; }
+    else if (k >= "1" && k <= "9" && +k <= leaders.length) { select(leaders[+k - 1]); armed = true; }
     else if (k === " " && sel >= 0 && mode === "binary") toggle(sel);
-    else if (k === "ArrowRight" || k === "j") { select(Math.min(n - 1, sel + 1)); armed = false; }
-    else if (k === "ArrowLeft" || k === "k") { select(Math.max(0, sel - 1)); armed = false; }
+    else if (k === "ArrowRight" || k === "j") { select(leaders[Math.min(leaders.length - 1, leaders.indexOf(sel) + 1)]); armed = false; }
+    else if (k === "ArrowLeft" || k === "k") { select(leaders[Math.max(0, leaders.indexOf(sel) - 1)]); armed = false; }
     else if ((k === "ArrowUp" || k === "ArrowDown") && sel >= 0 && mode === "rank") moveInRank(sel, k === "ArrowUp" ? -1 : 1);
     else if ((k === "ArrowUp" || k === "ArrowDown") && sel >= 0) setReward(sel, model.get("rewards")[sel] + (k === "ArrowUp" ? 0.1 : -0.1));
     else if (k === "Escape") { select(-1); armed = false; }
