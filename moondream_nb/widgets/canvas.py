@@ -16,10 +16,13 @@ MODES = ("view", "point", "box", "select")
 class ImageCanvas(ImagePanel):
     """An image with an SVG overlay of points and boxes you can draw, move, resize and delete.
 
-    Mouse: in ``point`` mode click adds a point; in ``box`` mode drag draws a box; in every
-    editing mode drag a shape to move it and a corner handle to resize it. Keys (canvas
+    Mouse: in ``point`` mode click adds a point (drag one to move it); in ``box`` mode a drag
+    always draws a box, also one that starts inside another box (a click selects; Alt-drag
+    moves); in ``select`` mode drag a shape to move it; corner handles resize. Keys (canvas
     focused): Delete/Backspace remove the selection, Ctrl/Cmd-Z undo, Shift-Ctrl/Cmd-Z (or
-    Ctrl-Y) redo, Esc deselect, v/p/b/s switch mode, +/- zoom, f fit, arrows nudge.
+    Ctrl-Y) redo, Esc deselect, Tab / Shift-Tab cycle the selection, v/p/b/s switch mode, +/-
+    zoom, f fit, arrows nudge one screen pixel, Shift-arrows resize a box from its right/bottom
+    edge, Alt makes either ten pixels.
     Ctrl/Alt + wheel zooms at the cursor; Shift-drag or middle-drag pans.
 
     Args:

@@ -103,7 +103,8 @@ def test_canvas_click_drag_keys_roundtrip(lab, artifacts):
     page.mouse.down()
     page.mouse.move(tx, ty, steps=5)
     page.mouse.up()
-    # move the second point by dragging it
+    # move the second point by dragging it (in select mode: in box mode a drag draws)
+    page.keyboard.press("s")
     px, py = _svg_point(stage, 0.5, 0.25)
     qx, qy = _svg_point(stage, 0.55, 0.3)
     page.mouse.move(px, py)
@@ -151,6 +152,49 @@ def test_canvas_click_drag_keys_roundtrip(lab, artifacts):
     # a second view of the same widget shows the same state
     again = lab.run_cell("canvas")
     assert again.locator(".mdnb-shape").count() == lab.value("len(canvas.layers)") == 4
+
+
+def test_box_mode_draws_over_overlapping_objects_and_keys_edit_the_selection(lab, artifacts):
+    """Two overlapping objects: the second box starts inside the first. A drag in box mode always
+    draws (it used to move the first box: 1 of 18 boxes was lost that way); Tab, arrows,
+    Shift-arrows and Alt-drag edit the selected box."""
+    out = lab.run_cell("over = ImageCanvas(scene.image, mode='box')\nover")
+    page, stage = lab.page, out.locator(".mdnb-stage")
+    _drag_on_image(page, stage, (0.2, 0.2), (0.6, 0.6))
+    _drag_on_image(page, stage, (0.4, 0.4), (0.8, 0.8))  # starts inside the first box
+    boxes = [tuple(round(b[k], 2) for k in ("x_min", "y_min", "x_max", "y_max")) for b in lab.value("over.layers")]
+    assert boxes == [(0.2, 0.2, 0.6, 0.6), (0.4, 0.4, 0.8, 0.8)]
+    # a click (no drag) selects the shape under it; Tab cycles
+    page.mouse.click(*_svg_point(stage, 0.25, 0.25))
+    page.wait_for_timeout(200)
+    assert lab.value("over.selected") == 0
+    page.keyboard.press("Tab")
+    page.wait_for_timeout(200)
+    assert lab.value("over.selected") == 1
+    before = dict(lab.value("over.layers[1]"))
+    for key in ("ArrowRight", "ArrowRight", "Shift+ArrowDown", "Alt+Shift+ArrowRight"):
+        page.keyboard.press(key)
+    page.wait_for_timeout(300)
+    after = lab.value("over.layers[1]")
+    width = stage.locator("svg.mdnb-svg").bounding_box()["width"]
+    px = 1 / width  # one screen pixel, normalized (the image is 640 px wide, shown at `width`)
+    assert after["x_min"] == pytest.approx(before["x_min"] + 2 * px, abs=1e-4)  # moved, not resized
+    assert after["x_max"] - after["x_min"] == pytest.approx(before["x_max"] - before["x_min"] + 10 * px, abs=1e-4)
+    assert after["y_max"] - after["y_min"] == pytest.approx(before["y_max"] - before["y_min"] + px * 640 / 480 * 480 / 640, abs=1e-3)
+    # Alt-drag moves the first box; nothing else changes
+    first = dict(lab.value("over.layers[0]"))
+    x0, y0 = _svg_point(stage, 0.25, 0.25)
+    x1, y1 = _svg_point(stage, 0.3, 0.25)
+    page.keyboard.down("Alt")
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    page.mouse.move(x1, y1, steps=5)
+    page.mouse.up()
+    page.keyboard.up("Alt")
+    page.wait_for_timeout(300)
+    layers = lab.value("over.layers")
+    assert len(layers) == 2 and layers[0]["x_min"] == pytest.approx(first["x_min"] + 0.05, abs=0.01)
+    out.locator(".mdnb-canvas").screenshot(path=str(artifacts / "canvas_overlapping_boxes.png"))
 
 
 @pytest.fixture(scope="module")

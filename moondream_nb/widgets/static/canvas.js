@@ -22,6 +22,13 @@ function moved(shape, dx, dy) {
   return { ...shape, x_min: round6(x0), y_min: round6(y0), x_max: round6(x0 + w), y_max: round6(y0 + hgt) };
 }
 
+function resized(box, dx, dy) {
+  // Grow or shrink from the right/bottom edge, never past the left/top one or the image.
+  const minW = 1e-3;
+  const x1 = Math.min(1, Math.max(box.x_min + minW, box.x_max + dx)), y1 = Math.min(1, Math.max(box.y_min + minW, box.y_max + dy));
+  return { ...box, x_max: round6(x1), y_max: round6(y1) };
+}
+
 function renderCanvas(model, el) {
   const t0 = performance.now();
   el.classList.add("mdnb", "mdnb-canvas");
@@ -167,7 +174,9 @@ function renderCanvas(model, el) {
         redrawSoon();
       };
       onUp = () => { if (work) commit(layers.map((x, i) => (i === sel ? tidyBox(work[sel]) : x))); };
-    } else if (t.dataset.i !== undefined) {
+    } else if (t.dataset.i !== undefined && (mode !== "box" || e.altKey)) {
+      // Move a shape: in select and point mode, or with Alt in box mode (where a drag always
+      // draws, so a new box over an existing one never moves it instead).
       const i = +t.dataset.i;
       if (model.get("selected") !== i) select(i);
       onMove = (ev) => {
@@ -197,9 +206,10 @@ function renderCanvas(model, el) {
         ghost.setAttribute("width", Math.abs(nx - start[0]) * W);
         ghost.setAttribute("height", Math.abs(ny - start[1]) * H);
       };
+      const under = t.dataset.i !== undefined ? +t.dataset.i : -1;
       onUp = (ev) => {
         ghost.remove();
-        if (!far(ev)) { if (model.get("selected") !== -1) select(-1); return; }
+        if (!far(ev)) { if (model.get("selected") !== under) select(under); return; }  // a click selects what it hit
         const [nx, ny] = stage.toNorm(ev);
         const box = tidyBox({ type: "box", x_min: start[0], y_min: start[1], x_max: nx, y_max: ny });
         const color = model.get("draw_color");
@@ -237,13 +247,19 @@ function renderCanvas(model, el) {
     else if (k === "+" || k === "=") stage.zoomAt(1.5);
     else if (k === "-") stage.zoomAt(1 / 1.5);
     else if (k === "f") stage.fit();
-    else if (k.startsWith("Arrow") && model.get("selected") >= 0) {
-      // Nudge the selection by one screen pixel (ten with Shift).
-      const step = (e.shiftKey ? 10 : 1) * stage.unit();
+    else if (k === "Tab" && (model.get("layers") || []).length) {
+      // Tab / Shift-Tab cycle the selection through the shapes.
+      const n = model.get("layers").length, sel = model.get("selected");
+      select(sel < 0 ? (e.shiftKey ? n - 1 : 0) : (sel + (e.shiftKey ? n - 1 : 1)) % n);
+    } else if (k.startsWith("Arrow") && model.get("selected") >= 0) {
+      // Arrows nudge the selection one screen pixel; Shift-arrows resize a box (its right or
+      // bottom edge); Alt makes either ten pixels.
+      const step = (e.altKey ? 10 : 1) * stage.unit();
       const dx = k === "ArrowLeft" ? -step / W : k === "ArrowRight" ? step / W : 0;
       const dy = k === "ArrowUp" ? -step / H : k === "ArrowDown" ? step / H : 0;
       const layers = model.get("layers"), sel = model.get("selected");
-      commit(layers.map((x, i) => (i === sel ? moved(x, dx, dy) : x)), sel);
+      const edit = (x) => (e.shiftKey && x.type === "box" ? resized(x, dx, dy) : moved(x, dx, dy));
+      commit(layers.map((x, i) => (i === sel ? edit(x) : x)), sel);
     } else handled = false;
     if (handled) e.preventDefault();
   });

@@ -57,7 +57,7 @@ function render({ model, el }) {
   } else {
     const hint = model.get("skill") === "point"
       ? "click to add a point (or, in box mode, drag boxes: a target is points or boxes) · drag to move · Del removes · Ctrl/Cmd-Z undo"
-      : "drag to draw a box · drag corners to resize · Del removes · Ctrl/Cmd-Z undo";
+      : "drag to draw a box (also over another) · corners resize · click selects, Tab cycles · arrows nudge, Shift-arrows resize (Alt ×10) · Alt-drag or select mode moves · Del removes · Ctrl/Cmd-Z undo";
     parts.push(h("div", { class: "mdnb-hint", text: hint }));
   }
   if (model.get("nav")) parts.push(navKeys(model, el));
