@@ -7,6 +7,8 @@ modules, no bundler, no CDN: the files ship in ``moondream_nb/widgets/static``).
 from __future__ import annotations
 
 import io
+import threading
+import weakref
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -43,6 +45,47 @@ class Panel(anywidget.AnyWidget):
     #: charts. Off: the output carries only the widget view.
     static_fallback: bool = True
 
+    #: Seconds of no state change after which the picture in each of the panel's displays is
+    #: replaced by one of the panel as it is then (so a saved notebook shows the final curves, not
+    #: "no train steps yet"); None: the picture stays as first displayed (call
+    #: :meth:`update_static`). On for panels nobody types into (a re-render moves focus).
+    static_follows: float | None = None
+
+    def update_static(self) -> None:
+        """Replace the picture kept in each display of this panel by the panel as it is now.
+
+        The live view is re-rendered from the kernel's state (nothing is lost; zoom and focus are).
+        """
+        for handle in list(getattr(self, "_displays", ())):
+            data, metadata = self._repr_mimebundle_()
+            handle.update(data, metadata=metadata, raw=True)
+
+    def _ipython_display_(self) -> None:
+        # Displayed with an id, so update_static can replace the picture later.
+        from IPython.display import display
+
+        bundle = self._repr_mimebundle_()
+        if bundle is None:
+            return
+        data, metadata = bundle if isinstance(bundle, tuple) else (bundle, {})
+        handle = display(data, metadata=metadata, raw=True, display_id=True)
+        if handle is not None:
+            if not hasattr(self, "_displays"):
+                self._displays: list[Any] = []
+                if self.static_follows is not None:
+                    self.observe(self._state_changed, names=[n for n in self.trait_names(sync=True)
+                                                             if not n.startswith("_")])
+            self._displays.append(handle)
+
+    def _state_changed(self, change: Any) -> None:
+        timer = getattr(self, "_static_timer", None)
+        if timer is not None:
+            timer.cancel()
+        ref = weakref.ref(self)  # a pending update must not keep a discarded panel alive
+        self._static_timer = threading.Timer(self.static_follows, _update_static, args=(ref,))
+        self._static_timer.daemon = True
+        self._static_timer.start()
+
     def to_figure(self) -> Any:  # pragma: no cover - every subclass overrides it
         raise NotImplementedError
 
@@ -65,6 +108,15 @@ class Panel(anywidget.AnyWidget):
         except Exception as exc:  # a broken fallback must never hide the live widget
             data["text/plain"] = f"{data.get('text/plain', '')}\n(static preview unavailable: {exc})"
         return data, metadata
+
+
+def _update_static(ref: "weakref.ref[Panel]") -> None:
+    panel = ref()
+    if panel is not None:
+        try:
+            panel.update_static()
+        except Exception:  # a picture that cannot be made must never disturb the kernel
+            pass
 
 
 class ImagePanel(Panel):

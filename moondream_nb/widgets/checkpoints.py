@@ -53,6 +53,8 @@ class CheckpointBrowser(Panel):
         ValidationError: naming the field (``request.skill``, ``ground_truth``, ...).
     """
 
+    static_follows = 3.0  # the saved picture follows the panel 3 s after its last change
+
     _esm = esm("core.js", "checkpoints.js")
 
     skill = t.Unicode("").tag(sync=True)

@@ -43,6 +43,8 @@ class MetricsPanel(Panel):
         frame: the pandas DataFrame behind the charts (index: step).
     """
 
+    static_follows = 3.0  # the saved picture follows the panel 3 s after its last change
+
     _esm = esm("core.js", "metrics.js")
 
     series = t.Dict().tag(sync=True)
