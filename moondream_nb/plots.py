@@ -50,6 +50,10 @@ def draw_shapes(ax: Any, shapes: Sequence[Mapping], size: tuple[int, int], *, co
 
 
 def _image_axes(ax: Any, image: Any) -> tuple[int, int]:
+    from .client.images import to_rgb
+
+    if hasattr(image, "getexif"):
+        image = to_rgb(image)  # a PIL image: upright, 8-bit, the picture the model sees
     ax.imshow(image)
     ax.set_axis_off()
     return image.size

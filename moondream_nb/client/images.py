@@ -4,6 +4,7 @@ Accepted: a PIL image, a path (str or ``os.PathLike``), encoded file bytes, a nu
 array (HxW, HxWx1, HxWx3 or HxWx4), an :class:`EncodedImage`, any object with an ``image_url``
 string attribute (the official client's ``Base64EncodedImage``), or a ``data:`` URL string.
 Output matches the official client (RGB, JPEG quality 95) after applying EXIF orientation.
+:func:`to_rgb` is the one rule for what the model (and every panel) sees of an image.
 """
 
 from __future__ import annotations
@@ -49,12 +50,40 @@ class EncodedImage:
         return f"EncodedImage({mime}, {len(self.image_url) / 1024:.1f} KiB)"
 
 
-def _jpeg_data_url(img: Image.Image, quality: int) -> str:
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The upright 8-bit RGB picture of ``img``: what the model sees and every panel draws on.
+
+    EXIF orientation applied (a phone photo is upright, so normalized coordinates mean the same
+    spot everywhere); 16-bit and 32-bit images scaled to 8 bits (a plain ``convert`` saturates
+    them to white); transparency composited over white (``convert`` keeps whatever colour the
+    transparent pixels hold); CMYK, palette and grayscale converted. An RGB image is returned as is.
+    """
     # exif_transpose copies the whole image; only pay that when there is a rotation to apply.
     if img.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None):
         img = ImageOps.exif_transpose(img)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _SIXTEEN_BIT or mode in ("I", "F"):
+        lo, hi = img.getextrema() if mode in ("I", "F") else (0, 65535)
+        if mode in _SIXTEEN_BIT or hi > 255:
+            full = 65535 if hi <= 65535 else hi
+            img = img.convert("I" if mode != "F" else "F").point(lambda v: v * (255.0 / full))
+        elif mode == "F" and hi <= 1.0:
+            img = img.point(lambda v: v * 255.0)
+        return img.convert("L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _jpeg_data_url(img: Image.Image, quality: int) -> str:
+    img = to_rgb(img)
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     return _DATA_URL_PREFIX + base64.b64encode(buf.getvalue()).decode("ascii")

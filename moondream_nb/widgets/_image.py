@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import Image
 
+from ..client.images import to_rgb
 from ..errors import ValidationError
 
 # Longest side sent to the browser: large enough for 2048x1536 photos unscaled, small enough
@@ -66,24 +67,19 @@ def to_pil(image: Any, path: str = "image") -> Image.Image:
 
 
 def display_bytes(image: Image.Image, max_side: int = MAX_DISPLAY_SIDE) -> tuple[bytes, str, tuple[int, int]]:
-    """Encode ``image`` for display: ``(bytes, mime, (width, height) of the original)``.
+    """Encode ``image`` for display: ``(JPEG bytes, mime, (width, height) of the upright original)``.
 
-    EXIF orientation is applied first, as the API does, so boxes land where the model saw them.
-    PNG for images with transparency; JPEG otherwise.
+    The picture is :func:`~moondream_nb.client.images.to_rgb` of the image, the same one the
+    model gets (EXIF orientation applied, 16-bit scaled, transparency over white), so every
+    mark lands where the model saw it; then shrunk to ``max_side`` on its long side.
     """
-    if image.getexif().get(0x0112, 1) not in (1, None):
-        image = ImageOps.exif_transpose(image)
+    image = to_rgb(image)
     size = image.size
     if max(size) > max_side:
         scale = max_side / max(size)
         image = image.resize((max(1, round(size[0] * scale)), max(1, round(size[1] * scale))), Image.BILINEAR,
                              reducing_gap=2.0)
     buf = io.BytesIO()
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        image.save(buf, format="PNG")
-        return buf.getvalue(), "image/png", size
-    if image.mode != "RGB":
-        image = image.convert("RGB")
     image.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue(), "image/jpeg", size
 

@@ -12,13 +12,16 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from ..client.images import to_rgb
+
 PREVIEW_SIDE = 640
 
 
 def overlay(image: Image.Image, shapes: Sequence[dict], max_side: int = PREVIEW_SIDE,
             faded: Sequence[int] = ()) -> Image.Image:
     """``image`` shrunk to ``max_side`` with ``shapes`` drawn on it (``faded`` groups drawn thin)."""
-    img = image.convert("RGB") if image.mode != "RGB" else image.copy()
+    rgb = to_rgb(image)  # upright and 8-bit, the picture the model sees
+    img = rgb.copy() if rgb is image else rgb
     # thumbnail() with a reducing gap shrinks by whole factors first: several times faster than
     # one resize of a 2048-px image, and a preview does not need better.
     img.thumbnail((max_side, max_side), Image.BILINEAR, reducing_gap=2.0)

@@ -66,7 +66,9 @@ def test_image_inputs(tmp_path, scene):
     from_bytes = ImageCanvas(path.read_bytes())
     assert from_path.image_size == from_bytes.image_size == list(scene.image.size)
     rgba = Image.new("RGBA", (30, 20), (1, 2, 3, 100))
-    assert ImageCanvas(rgba)._image_mime == "image/png"
+    shown = ImageCanvas(rgba)  # what the model sees: transparency over white (it used to keep alpha,
+    assert shown._image_mime == "image/jpeg"  # so the page showed one picture and the model another)
+    assert Image.open(io.BytesIO(shown._image)).getpixel((5, 5)) == pytest.approx((156, 157, 157), abs=3)
     with pytest.raises(ValidationError, match="^image:"):
         ImageCanvas(12345)
 
