@@ -7,7 +7,7 @@ Importing this package loads only requests and pillow.
 
 from ._version import __version__
 from .connection import Connection, connect
-from .client import Batch, EncodedImage, Finetune, ImageEncoder, VL, ft, vl
+from .client import Batch, EncodedImage, Finetune, Finetunes, ImageEncoder, VL, finetunes, ft, vl
 from .errors import (
     AuthenticationError,
     ConflictError,
@@ -25,7 +25,9 @@ __all__ = [
     "Connection",
     "ft",
     "vl",
+    "finetunes",
     "Finetune",
+    "Finetunes",
     "VL",
     "Batch",
     "EncodedImage",

@@ -51,6 +51,14 @@ class Connection:
         kwargs.setdefault("endpoint", self.inference_endpoint)
         return vl(**kwargs)
 
+    def finetunes(self, **kwargs: Any):
+        """Every finetune of this connection's key: a :class:`~moondream_nb.Finetunes` (iterate it,
+        ``.page(limit, cursor)``, ``.named(name)``, ``.frame()``)."""
+        from .client import Finetunes
+
+        kwargs.setdefault("endpoint", self.endpoint)
+        return Finetunes(self._api_key, **kwargs)
+
     def stop(self) -> None:
         """Stop the local server this connection started (nothing otherwise)."""
         if self.server is not None:

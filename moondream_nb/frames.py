@@ -94,6 +94,36 @@ def checkpoints_frame(checkpoints: Iterable[Mapping[str, Any]]) -> Any:
     return pd.DataFrame(rows).set_index("step").sort_index()
 
 
+def finetunes_frame(finetunes: Iterable[Mapping[str, Any]],
+                    checkpoints: Mapping[str, Sequence[int]] | None = None) -> Any:
+    """Finetunes indexed by ``name``: ``rank``, ``finetune_id``, ``created``, ``updated`` (UTC),
+    ``step`` (the latest, where the service says it; ``<NA>`` otherwise) and, with
+    ``checkpoints`` (``{finetune_id: [saved steps]}``), ``checkpoints`` (how many) and
+    ``last_checkpoint`` (the latest saved step).
+    """
+    import pandas as pd
+
+    rows = []
+    for f in finetunes:
+        row = {"name": f.get("name"), "rank": f.get("rank"), "finetune_id": f.get("finetune_id"),
+               "created": pd.to_datetime(f.get("created_at_ms"), unit="ms", utc=True),
+               "updated": pd.to_datetime(f.get("updated_at_ms"), unit="ms", utc=True),
+               "step": f.get("step")}
+        if checkpoints is not None:
+            steps = list(checkpoints.get(f.get("finetune_id"), []))
+            row.update(checkpoints=len(steps), last_checkpoint=max(steps) if steps else None)
+        rows.append(row)
+    columns = ["rank", "finetune_id", "created", "updated", "step"] + (
+        ["checkpoints", "last_checkpoint"] if checkpoints is not None else [])
+    if not rows:
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="name"))
+    frame = pd.DataFrame(rows).set_index("name")
+    frame["step"] = frame["step"].astype("Int64")
+    if checkpoints is not None:
+        frame["last_checkpoint"] = frame["last_checkpoint"].astype("Int64")
+    return frame[columns]
+
+
 def scores_frame(scores: Mapping[str, Sequence[float | None]]) -> Any:
     """Scores per model (columns) and image (rows), plus a ``mean`` row."""
     import pandas as pd
