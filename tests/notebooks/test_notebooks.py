@@ -20,22 +20,28 @@ def test_there_are_notebooks():
     assert [p.name for p in NOTEBOOKS][:1] == ["01_quickstart.ipynb"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_top_to_bottom_on_the_local_server(path, monkeypatch, tmp_path):
-    for var in ("MOONDREAM_API_KEY", "MOONDREAM_ENDPOINT"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MOONDREAM_NB_AUTO", "1")
-    monkeypatch.setenv("MOONDREAM_NB_DATA_DIR", str(tmp_path / "server"))
-    nb = nbformat.read(path, as_version=4)
+def execute(nb, tmp_path, saved_as: str) -> list:
+    """Run ``nb`` top to bottom in ``tmp_path``, keep it (outputs and all) in the artifacts as
+    ``saved_as``, fail on any error output; return the code cells' outputs."""
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     try:
         client.execute()
     finally:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, ARTIFACTS / path.name)  # the executed notebook, outputs and all
+        nbformat.write(nb, ARTIFACTS / saved_as)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
+    return outputs
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_runs_top_to_bottom_on_the_local_server(path, monkeypatch, tmp_path):
+    for var in ("MOONDREAM_API_KEY", "MOONDREAM_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MOONDREAM_NB_AUTO", "1")
+    monkeypatch.setenv("MOONDREAM_NB_DATA_DIR", str(tmp_path / "server"))
+    outputs = execute(nbformat.read(path, as_version=4), tmp_path, path.name)
     text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
     assert not re.search(r"md-local-[A-Za-z0-9_-]{8}", text)  # the local server's key never shows
 
@@ -50,15 +56,7 @@ def test_run_all_without_auto_mode_waits_for_the_person(stem, monkeypatch, tmp_p
     monkeypatch.setenv("MOONDREAM_NB_DATA_DIR", str(tmp_path / "server"))
     nb = nbformat.read(next(p for p in NOTEBOOKS if p.stem == stem), as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell('print("session closed:", session.closed)'))
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    try:
-        client.execute()
-    finally:
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, ARTIFACTS / f"{stem}.run_all_no_auto.ipynb")
-    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
+    outputs = execute(nb, tmp_path, f"{stem}.run_all_no_auto.ipynb")
     text = "".join(str(o.get("text", "")) for o in outputs)
     assert "session closed: False" in text
     if stem.startswith("02_"):
