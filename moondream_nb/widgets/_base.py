@@ -56,6 +56,8 @@ class Panel(anywidget.AnyWidget):
 
         The live view is re-rendered from the kernel's state (nothing is lost; zoom and focus are).
         """
+        if getattr(self, "comm", None) is None:  # closed: its view is gone, keep the last picture
+            return
         for handle in list(getattr(self, "_displays", ())):
             data, metadata = self._repr_mimebundle_()
             handle.update(data, metadata=metadata, raw=True)
