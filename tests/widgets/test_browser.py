@@ -369,6 +369,7 @@ def test_state_survives_page_reload(lab):
     canvas = lab.page.locator(".mdnb-canvas.mdnb-painted").first
     canvas.wait_for(timeout=60_000)
     assert canvas.locator(".mdnb-shape").count() == len(layers)
-    reviewer = lab.page.locator(".mdnb-reviewer.mdnb-painted").first
+    # rv's view: the first reviewer of its prompt (other modules' reviewers may share the notebook)
+    reviewer = lab.page.locator(".mdnb-reviewer.mdnb-painted").filter(has_text=lab.value("rv.prompt")).first
     shown = reviewer.locator(".mdnb-reward").all_inner_texts()
     assert [float(t.split()[-1]) for t in shown] == pytest.approx([round(r, 2) for r in rewards], abs=0.006)

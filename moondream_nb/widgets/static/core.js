@@ -159,9 +159,13 @@ function createStage(model, { sizeKey = "image_size", imageKey = "_image", width
 const _f = (v) => +v.toFixed(2);
 function marksMarkup(points, boxes, W, H) {
   const parts = [];
+  if (boxes && boxes.length) {
+    // One path holds the halos of all of a rollout's boxes: 800 boxes paint as 816 elements, not 1,600.
+    const d = boxes.map((b) => `M${_f(b[0] * W)} ${_f(b[1] * H)}H${_f(b[2] * W)}V${_f(b[3] * H)}H${_f(b[0] * W)}Z`).join("");
+    parts.push(`<path class="mdnb-halo" d="${d}"/>`);
+  }
   for (const b of boxes || []) {
-    const a = `x="${_f(b[0] * W)}" y="${_f(b[1] * H)}" width="${_f((b[2] - b[0]) * W)}" height="${_f((b[3] - b[1]) * H)}"`;
-    parts.push(`<rect class="mdnb-halo" ${a}/><rect class="mdnb-shape mdnb-box" ${a}/>`);
+    parts.push(`<rect class="mdnb-shape mdnb-box" x="${_f(b[0] * W)}" y="${_f(b[1] * H)}" width="${_f((b[2] - b[0]) * W)}" height="${_f((b[3] - b[1]) * H)}"/>`);
   }
   for (const p of points || []) {
     const a = `cx="${_f(p[0] * W)}" cy="${_f(p[1] * H)}"`;
