@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS labels (
     image_id TEXT NOT NULL, skill TEXT NOT NULL, prompt TEXT NOT NULL, refs TEXT NOT NULL DEFAULT '',
     target TEXT NOT NULL, meta TEXT NOT NULL DEFAULT '{}', seq INTEGER NOT NULL, updated_at REAL NOT NULL,
     PRIMARY KEY (image_id, skill, prompt, refs));
+CREATE INDEX IF NOT EXISTS labels_by_seq ON labels (seq);  -- MAX(seq) per put: a lookup, not a scan
 CREATE TABLE IF NOT EXISTS items (
     image_id TEXT PRIMARY KEY, status TEXT NOT NULL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS rewards (

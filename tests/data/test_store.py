@@ -253,3 +253,12 @@ def test_killed_writer_loses_no_acknowledged_label(tmp_path):
         assert len(labels) <= acked + 2  # at most the one in flight beyond the last acknowledgement
         assert s._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         s.put(Label.point("after", "bolt", []))  # still writable
+
+
+def test_the_next_sequence_number_is_an_index_lookup_not_a_scan(tmp_path):
+    """put() reads MAX(seq) on every label: without an index that scanned the table, so each Enter
+    in a big labeling session grew with the store (0.43 → 1.15 ms per put over 10,000 labels)."""
+    store = LabelStore(tmp_path / "s.sqlite")
+    plan = " ".join(str(row[-1]) for row in store._conn.execute("EXPLAIN QUERY PLAN SELECT COALESCE(MAX(seq), 0) FROM labels"))
+    store.close()
+    assert "INDEX labels_by_seq" in plan, plan
