@@ -17,7 +17,7 @@ from pathlib import Path
 from .service import Problem
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-_UNWRITABLE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.ENOENT}
+_UNWRITABLE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}  # not ENOENT: a missing file is not the disk
 # Primary SQLite result codes (the low byte of the extended code).
 _SQLITE_FULL = 13
 _SQLITE_UNWRITABLE = {8, 10, 14}  # READONLY, IOERR, CANTOPEN
