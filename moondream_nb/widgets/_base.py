@@ -58,8 +58,11 @@ class Panel(anywidget.AnyWidget):
         """
         if getattr(self, "comm", None) is None:  # closed: its view is gone, keep the last picture
             return
-        for handle in list(getattr(self, "_displays", ())):
-            data, metadata = self._repr_mimebundle_()
+        handles = list(getattr(self, "_displays", ()))
+        if not handles:
+            return
+        data, metadata = self._repr_mimebundle_()  # one picture for every display of the panel
+        for handle in handles:
             handle.update(data, metadata=metadata, raw=True)
 
     def _ipython_display_(self) -> None:
