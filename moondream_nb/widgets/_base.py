@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 
 import anywidget
+import ipywidgets
 import traitlets as t
 
 from ._image import MAX_DISPLAY_SIDE, display_bytes, to_pil
@@ -28,6 +29,18 @@ def static_text(name: str) -> str:
 def esm(*names: str) -> str:
     """One ES module from several static files (shared helpers first, the ``export`` last)."""
     return "\n".join(static_text(n) for n in names)
+
+
+class ImageData(ipywidgets.Widget):
+    """The bytes of one displayed image, in a model of their own that panels reference.
+
+    A panel's state holds ``"IPY_MODEL_<id>"``, not the bytes: they still travel once (in this
+    model's opening message), and a host that shows a widget's state as its value (marimo's
+    ``mo.ui.anywidget(panel).value``) shows the panel's useful state, not megabytes of JPEG.
+    """
+
+    data = t.Bytes(b"").tag(sync=True)
+    mime = t.Unicode("image/jpeg").tag(sync=True)
 
 
 class Panel(anywidget.AnyWidget):
@@ -91,6 +104,13 @@ class Panel(anywidget.AnyWidget):
         self._static_timer.daemon = True
         self._static_timer.start()
 
+    def close(self) -> None:
+        images = [v for name in self.trait_names(sync=True) for v in _listed(getattr(self, name))
+                  if isinstance(v, ImageData)]
+        super().close()
+        for image in images:  # their models go with the panel's (nothing else references them)
+            image.close()
+
     def to_figure(self) -> Any:  # pragma: no cover - every subclass overrides it
         raise NotImplementedError
 
@@ -115,6 +135,10 @@ class Panel(anywidget.AnyWidget):
         return data, metadata
 
 
+def _listed(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def _update_static(ref: "weakref.ref[Panel]") -> None:
     panel = ref()
     if panel is not None:
@@ -125,10 +149,9 @@ def _update_static(ref: "weakref.ref[Panel]") -> None:
 
 
 class ImagePanel(Panel):
-    """A panel over one image: ``_image`` (bytes, sent once), ``_image_mime``, ``image_size``."""
+    """A panel over one image: ``_image`` (an :class:`ImageData`, sent once), ``image_size``."""
 
-    _image = t.Bytes(b"").tag(sync=True)
-    _image_mime = t.Unicode("image/jpeg").tag(sync=True)
+    _image = t.Instance(ImageData, allow_none=True).tag(sync=True, **ipywidgets.widget_serialization)
     image_size = t.List(t.Int(), [1, 1], help="(width, height) of the original image in pixels").tag(sync=True)
 
     def _image_state(self, image: Any, path: str = "image", max_side: int = MAX_DISPLAY_SIDE) -> dict:
@@ -140,9 +163,10 @@ class ImagePanel(Panel):
         pil = to_pil(image, path)
         data, mime, size = display_bytes(pil, max_side)
         self._pil = pil
-        return {"_image": data, "_image_mime": mime, "image_size": list(size)}
+        return {"_image": ImageData(data=data, mime=mime), "image_size": list(size)}
 
     @property
     def pil_image(self) -> Any:
         """The image as a PIL image (original resolution)."""
         return self._pil
+

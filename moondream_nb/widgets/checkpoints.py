@@ -7,10 +7,11 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+import ipywidgets
 import traitlets as t
 
 from .. import protocol, rewards
-from ._base import Panel, esm
+from ._base import ImageData, Panel, esm
 from ._image import display_bytes, to_pil
 from ._shapes import BOX_KEYS, color_of, output_shapes, truth_compact
 
@@ -61,8 +62,7 @@ class CheckpointBrowser(Panel):
     prompt = t.Unicode("").tag(sync=True)
     checkpoints = t.List(t.Dict()).tag(sync=True)
     chosen = t.List(t.Int()).tag(sync=True)
-    _images = t.List(t.Bytes()).tag(sync=True)
-    _mimes = t.List(t.Unicode()).tag(sync=True)
+    _images = t.List(t.Instance(ImageData)).tag(sync=True, **ipywidgets.widget_serialization)
     image_sizes = t.List(t.List(t.Int())).tag(sync=True)
     columns = t.List(t.Dict()).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
@@ -91,8 +91,8 @@ class CheckpointBrowser(Panel):
         pils = [to_pil(img, f"images[{i}]") for i, img in enumerate(images)]
         encoded = [display_bytes(p, _PREVIEW_SIDE) for p in pils]
         text = request.get("question") if skill == "query" else request.get("object")
-        super().__init__(skill=skill, prompt=f"{skill}: {text}", width=width, _images=[e[0] for e in encoded],
-                         _mimes=[e[1] for e in encoded], image_sizes=[list(e[2]) for e in encoded],
+        super().__init__(skill=skill, prompt=f"{skill}: {text}", width=width, _images=[ImageData(data=e[0], mime=e[1]) for e in encoded],
+                         image_sizes=[list(e[2]) for e in encoded],
                          truths=[truth_compact(gt) if skill != "query" else {} for gt in (ground_truth or [])], **kwargs)
         self._ft, self._vl, self._pils, self._sources = ft, vl, pils, images
         self.request, self.ground_truth, self.offer_base = dict(request), ground_truth, bool(base)

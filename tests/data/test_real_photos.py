@@ -48,7 +48,7 @@ def test_an_exif_rotated_photo_is_upright_for_the_model_the_panels_and_the_datas
     sent = _decoded(ImageEncoder().encode(rotated_jpeg).image_url)
     assert sent.size == CHELSEA.size and _similar(sent, CHELSEA)  # the model sees the upright cat
     canvas = ImageCanvas(rotated_jpeg, layers=[{"x_min": 0.3, "y_min": 0.1, "x_max": 0.7, "y_max": 0.6}])
-    shown = Image.open(io.BytesIO(canvas._image))
+    shown = Image.open(io.BytesIO(canvas._image.data))
     assert canvas.image_size == list(CHELSEA.size) and _similar(shown, CHELSEA)  # the overlay's frame is upright
     path = tmp_path / "portrait.jpg"
     path.write_bytes(rotated_jpeg)
@@ -59,14 +59,14 @@ def test_an_exif_rotated_photo_is_upright_for_the_model_the_panels_and_the_datas
 def test_a_12_megapixel_photo_sends_a_display_copy_and_keeps_its_size():
     big = CHELSEA.resize((4000, 3000), Image.BICUBIC)
     canvas = ImageCanvas(big)
-    shown = Image.open(io.BytesIO(canvas._image))
+    shown = Image.open(io.BytesIO(canvas._image.data))
     assert canvas.image_size == [4000, 3000] and max(shown.size) == 2048  # coordinates stay 0-1 of 4000 x 3000
-    assert len(canvas._image) < 1_200_000  # bytes the canvas sends (JPEG): about 0.4 MB, not 12 MP
+    assert len(canvas._image.data) < 1_200_000  # bytes the canvas sends (JPEG): about 0.4 MB, not 12 MP
     resp = {"request": {"skill": "point", "object": "cat", "image_url": ImageEncoder().encode(big).image_url},
             "rollouts": [{"skill": "point", "output": {"points": [{"x": 0.5, "y": 0.5}]}}]}
     reviewer = RolloutReviewer(resp)
-    assert reviewer.image_size == [4000, 3000] and max(Image.open(io.BytesIO(reviewer._image)).size) == 1280
-    assert len(reviewer._image) < 400_000  # the reviewer's 1280-px copy
+    assert reviewer.image_size == [4000, 3000] and max(Image.open(io.BytesIO(reviewer._image.data)).size) == 1280
+    assert len(reviewer._image.data) < 400_000  # the reviewer's 1280-px copy
 
 
 def _variants() -> dict[str, Image.Image]:
@@ -101,13 +101,13 @@ def test_every_image_mode_becomes_the_picture_a_person_sees(name):
     sent = _decoded(ImageEncoder().encode(image).image_url)
     assert _similar(sent, picture)  # the model and the panels see the same picture
     canvas = ImageCanvas(image)
-    assert _similar(Image.open(io.BytesIO(canvas._image)), picture)
+    assert _similar(Image.open(io.BytesIO(canvas._image.data)), picture)
 
 
 @pytest.mark.parametrize("size", [(4000, 100), (100, 4000)], ids=["very-wide", "very-tall"])
 def test_very_wide_and_very_tall_photos_keep_their_aspect(size):
     strip = CHELSEA.resize(size)
     canvas = ImageCanvas(strip)
-    shown = Image.open(io.BytesIO(canvas._image))
+    shown = Image.open(io.BytesIO(canvas._image.data))
     assert canvas.image_size == list(size)
     assert shown.size[0] / shown.size[1] == pytest.approx(size[0] / size[1], rel=0.03) and min(shown.size) >= 51

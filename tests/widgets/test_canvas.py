@@ -50,8 +50,8 @@ def test_image_sent_once_and_downscaled_keeping_size():
     big = Image.new("RGB", (4096, 3072), (10, 200, 30))
     c = ImageCanvas(big, layers=[{"x": 0.9, "y": 0.9}], mode="point")
     assert c.image_size == [4096, 3072]  # the original size: coordinates stay normalized
-    shown = Image.open(io.BytesIO(c._image))
-    assert shown.size == (2048, 1536) and c._image_mime == "image/jpeg"
+    shown = Image.open(io.BytesIO(c._image.data))
+    assert shown.size == (2048, 1536) and c._image.mime == "image/jpeg"
     sent = []
     c.observe(lambda ch: sent.append(ch["name"]), names=["_image"])
     c.layers = [{"x": 0.1, "y": 0.1}]
@@ -67,8 +67,8 @@ def test_image_inputs(tmp_path, scene):
     assert from_path.image_size == from_bytes.image_size == list(scene.image.size)
     rgba = Image.new("RGBA", (30, 20), (1, 2, 3, 100))
     shown = ImageCanvas(rgba)  # what the model sees: transparency over white (it used to keep alpha,
-    assert shown._image_mime == "image/jpeg"  # so the page showed one picture and the model another)
-    assert Image.open(io.BytesIO(shown._image)).getpixel((5, 5)) == pytest.approx((156, 157, 157), abs=3)
+    assert shown._image.mime == "image/jpeg"  # so the page showed one picture and the model another)
+    assert Image.open(io.BytesIO(shown._image.data)).getpixel((5, 5)) == pytest.approx((156, 157, 157), abs=3)
     with pytest.raises(ValidationError, match="^image:"):
         ImageCanvas(12345)
 

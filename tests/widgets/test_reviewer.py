@@ -102,7 +102,7 @@ def test_query_without_image_has_no_canvas():
     resp = {"request": {"skill": "query", "question": "2+2?"},
             "rollouts": [{"output": {"answer": "4"}}, {"output": {"answer": "5"}}]}
     rv = RolloutReviewer(resp)
-    assert not rv.has_image and rv._image == b"" and rv.rewards == [0.0, 0.0]
+    assert not rv.has_image and rv._image is None and rv.rewards == [0.0, 0.0]
     rv.rewards = [1, 0]
     assert rv.group()["rewards"] == [1.0, 0.0]
     data, _ = rv._repr_mimebundle_()

@@ -1,5 +1,5 @@
 // canvas.js: the editable canvas (ImageCanvas, TargetEditor). Needs core.js before it.
-// Model traits: _image, _image_mime, image_size, layers (normalized shapes), mode, modes, selected.
+// Model traits: _image (an ImageData reference), image_size, layers (normalized shapes), mode, modes, selected.
 
 const MODE_KEYS = { v: "view", p: "point", b: "box", s: "select" };
 const MODE_TITLES = { view: "View (v)", point: "Point: click to add (p)", box: "Box: drag to draw (b)", select: "Select: move/resize (s)" };

@@ -1,18 +1,10 @@
 // checkpoints.js: CheckpointBrowser (core.js precedes it). Traits: checkpoints (table rows),
-// chosen (steps; -1 = base), offer_base, _images/_mimes/image_sizes (sent once), columns (per model:
+// chosen (steps; -1 = base), offer_base, _images (ImageData references)/image_sizes, columns (per model:
 // label, color, cells per image {p|b|answer, score}), skill, prompt, status.
-
-const _cellUrls = new WeakMap();
-function cellUrl(model, i) {
-  let urls = _cellUrls.get(model);
-  if (!urls) _cellUrls.set(model, (urls = []));
-  if (!urls[i]) urls[i] = URL.createObjectURL(new Blob([model.get("_images")[i]], { type: model.get("_mimes")[i] }));
-  return urls[i];
-}
 
 const CELL_PX = 260; // a cell's image width (panels.css --mdnb-width)
 
-function miniStage(url, W, H, cell, color, truth) {
+function miniStage(urlPromise, W, H, cell, color, truth) {
   const root = h("div", { class: "mdnb-stage" });
   const inner = h("div", { class: "mdnb-inner" });
   inner.style.aspectRatio = `${W} / ${H}`;
@@ -20,7 +12,9 @@ function miniStage(url, W, H, cell, color, truth) {
   const c = String(color).replace(/[^#a-zA-Z0-9(),.% ]/g, "");
   svg.innerHTML = truthMarkup(truth, W, H) + `<g class="mdnb-roll" stroke="${c}" fill="${c}">${marksMarkup(cell.p, cell.b, W, H)}</g>`;
   setRadii(svg, pointRadiusPx(CELL_PX), Math.max(W, H) / CELL_PX);
-  inner.append(h("img", { class: "mdnb-img", src: url, draggable: "false", alt: "" }), svg);
+  const img = h("img", { class: "mdnb-img", draggable: "false", alt: "" });
+  urlPromise.then((url) => { if (url) img.src = url; });
+  inner.append(img, svg);
   root.append(inner);
   return root;
 }
@@ -97,7 +91,7 @@ function render({ model, el }) {
       for (const c of cols) {
         const cell = c.cells[i] || {};
         cells.push(h("div", { class: "mdnb-cell", "data-label": c.label, "data-image": i },
-          miniStage(cellUrl(model, i), W, H, cell, c.color, truths[i]),
+          miniStage(imageUrl(model, "_images", i), W, H, cell, c.color, truths[i]),
           cell.answer !== undefined ? h("span", { class: "mdnb-answer", text: cell.answer }) : null,
           cell.score !== null && cell.score !== undefined ? h("span", { class: "mdnb-score", text: `score ${fmt(cell.score)}` }) : null));
       }

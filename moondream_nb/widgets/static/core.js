@@ -34,19 +34,22 @@ function s(tag, attrs = {}) {
 const clamp01 = (v) => Math.min(1, Math.max(0, v));
 const round6 = (v) => Math.round(v * 1e6) / 1e6;
 
-// One object URL per (model, trait): re-rendering a view or opening a second one reuses the
-// bytes the kernel sent once; nothing is re-sent or re-decoded from base64.
+// Image bytes live in a model of their own (Python's ImageData) that a panel's trait references
+// as "IPY_MODEL_<id>": sent once, and a host that shows a widget's state as its value (marimo)
+// shows the reference, not the JPEG. One object URL per image model: re-rendering a view or
+// opening a second one reuses the bytes; nothing is re-sent or re-decoded from base64.
 const _urls = new WeakMap();
-function imageUrl(model, key = "_image") {
-  let per = _urls.get(model);
-  if (!per) _urls.set(model, (per = new Map()));
-  const data = model.get(key);
-  const cached = per.get(key);
-  if (cached && cached.data === data) return cached.url;
-  if (cached) URL.revokeObjectURL(cached.url);
-  if (!data || !data.byteLength) return "";
-  const url = URL.createObjectURL(new Blob([data], { type: model.get("_image_mime") || "image/jpeg" }));
-  per.set(key, { data, url });
+async function imageUrl(model, key = "_image", index = undefined) {
+  let ref = model.get(key);
+  if (index !== undefined) ref = (ref || [])[index];
+  if (typeof ref !== "string" || !ref.startsWith("IPY_MODEL_")) return "";
+  const image = await model.widget_manager.get_model(ref.slice("IPY_MODEL_".length));
+  let url = _urls.get(image);
+  if (url === undefined) {
+    const data = image.get("data");
+    url = data && data.byteLength ? URL.createObjectURL(new Blob([data], { type: image.get("mime") || "image/jpeg" })) : "";
+    _urls.set(image, url);
+  }
   return url;
 }
 
@@ -86,8 +89,7 @@ function createStage(model, { sizeKey = "image_size", imageKey = "_image", width
   inner.style.aspectRatio = `${W} / ${H}`;
   inner.append(img, svg);
   root.append(inner);
-  const url = imageUrl(model, imageKey);
-  if (url) img.src = url;
+  const loaded = imageUrl(model, imageKey).then((url) => { if (url) img.src = url; return url; });
   const view = { z: 1, tx: 0, ty: 0 };
   const stage = { root, inner, img, svg, W, H, view, listeners: [] };
 
@@ -148,7 +150,7 @@ function createStage(model, { sizeKey = "image_size", imageKey = "_image", width
   ro.observe(root);
   stage.destroy = () => ro.disconnect();
   // Resolves once the image is decoded and laid out (first paint measurements wait for it).
-  stage.ready = (url ? img.decode().catch(() => {}) : Promise.resolve()).then(() => stage.rescale());
+  stage.ready = loaded.then((url) => (url ? img.decode().catch(() => {}) : null)).then(() => stage.rescale());
   return stage;
 }
 
