@@ -8,6 +8,7 @@ Importing this package loads only requests and pillow.
 from ._version import __version__
 from .connection import Connection, connect
 from .client import Batch, EncodedImage, Finetune, Finetunes, ImageEncoder, VL, finetunes, ft, vl
+from .evaluation import Evaluation, evaluate
 from .errors import (
     AuthenticationError,
     ConflictError,
@@ -26,6 +27,8 @@ __all__ = [
     "ft",
     "vl",
     "finetunes",
+    "evaluate",
+    "Evaluation",
     "Finetune",
     "Finetunes",
     "VL",

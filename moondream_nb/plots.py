@@ -220,3 +220,33 @@ def checkpoints_figure(images: Sequence[Any], skill: str, labels: Sequence[str],
                 title = f"{title}\n{answers[c][i][:40]}".strip()
             ax.set_title(title, fontsize=8)
     return fig
+
+
+def evaluation_figure(skill: str, labels: Sequence[str], colors: Sequence[str], table: Sequence[Mapping],
+                      curves: Mapping[str, Sequence[float]], *, width: float = 9.0) -> Any:
+    """An evaluation: precision-recall curves per model (detect; the first metric per model
+    otherwise) beside the table of metrics (``table``: ``{name, digits, values}`` rows)."""
+    fig = _figure(width, 3.2)
+    ax, tab = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    if curves:
+        recall = [i / 100 for i in range(101)]
+        for label, color in zip(labels, colors):
+            ax.plot(recall, curves.get(label) or [0.0] * 101, color=color, label=label, linewidth=1.6)
+        ax.set_xlabel("recall")
+        ax.set_ylabel("precision (IoU 0.5)")
+        ax.set_xlim(0, 1)
+        ax.legend(fontsize=8, loc="lower left")
+    else:
+        first = table[0] if table else {"name": "", "values": []}
+        ax.bar(range(len(labels)), [v or 0.0 for v in first["values"]], color=list(colors))
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_ylabel(first["name"])
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    tab.axis("off")
+    cells = [[("–" if v is None else f"{v:.{row['digits']}f}") for v in row["values"]] for row in table]
+    if cells:
+        t = tab.table(cellText=cells, rowLabels=[row["name"] for row in table], colLabels=list(labels), loc="center")
+        t.auto_set_font_size(False)
+        t.set_fontsize(8)
+    return fig

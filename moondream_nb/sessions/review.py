@@ -25,12 +25,13 @@ from ..client.stream import stream_calls
 from ..data import BatchRecord, Dataset, Item, LabelStore
 from ..errors import (AuthenticationError, MoondreamError, NotFoundError, RateLimitError, ServerError,
                       TransportError)
+from ..metrics import answer_match
 from ..widgets import MetricsPanel, RolloutReviewer
 from ..widgets.reviewer import REWARD_MODES
 from .auto import auto_default
 from .controls import Action, SessionView, TrainStatus, session_bundle
 from .lookahead import Lookahead
-from .tasks import Prompt, answer_matches, check_skill, prompt_for, rollout_kwargs, truth_for
+from .tasks import Prompt, check_skill, prompt_for, rollout_kwargs, truth_for
 from .training import Job, TrainQueue, UncertainStep, batch_job, queue_for, resume_batches
 
 __all__ = ["ReviewSession", "Pending"]
@@ -575,7 +576,7 @@ class ReviewSession:
             req = response["request"]
             truth = truth_for(pending.context, req.get("skill"), req.get("question") or req.get("object") or "")
         if truth is not None and truth.skill == "query":
-            return [answer_matches(r["output"].get("answer"), truth.target["answer"]) for r in response["rollouts"]]
+            return [answer_match(r["output"].get("answer"), truth.target["answer"]) for r in response["rollouts"]]
         return None
 
     def run(self, limit: int | None = None) -> dict:

@@ -82,7 +82,3 @@ def fit_target(skill: str, target: dict, *, reasoning: bool) -> dict:
             target["reasoning"] = {"text": ""}
     return target
 
-
-def answer_matches(answer: Any, truth: str) -> float:
-    """1.0 when a query answer equals the expected one (case and surrounding space ignored), else 0.0."""
-    return float(str(answer or "").strip().lower() == str(truth).strip().lower())

@@ -116,3 +116,15 @@ def truth_compact(ground_truth: Mapping | None) -> dict:
         out["b"] = [[float(b[k]) for k in BOX_KEYS] for b in ground_truth["boxes"]]
     return out
 
+
+def output_cell(skill: str, output: Mapping, score: float | None = None) -> dict:
+    """What a panel draws of one model output: ``{"p": [[x, y], ...]}`` (point), ``{"b": [[x_min,
+    y_min, x_max, y_max], ...]}`` (detect) or ``{"answer": str}`` (query), with its ``score``."""
+    cell: dict[str, Any] = {"score": score}
+    if skill == "point":
+        cell["p"] = [[p["x"], p["y"]] for p in output.get("points") or []]
+    elif skill == "detect":
+        cell["b"] = [[o[k] for k in BOX_KEYS] for o in output.get("objects") or []]
+    else:
+        cell["answer"] = output.get("answer", "")
+    return cell

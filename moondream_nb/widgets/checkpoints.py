@@ -10,10 +10,10 @@ from typing import Any
 import ipywidgets
 import traitlets as t
 
-from .. import protocol, rewards
+from .. import metrics, protocol, rewards
 from ._base import ImageData, Panel, esm
 from ._image import display_bytes, to_pil
-from ._shapes import BOX_KEYS, color_of, output_shapes, truth_compact
+from ._shapes import color_of, output_cell, output_shapes, truth_compact
 
 BASE = -1  # the column of the base model (no finetune)
 _PREVIEW_SIDE = 512  # the cells are small: no need to ship full-size images
@@ -30,7 +30,7 @@ def _score(skill: str, output: Mapping, truth: Any) -> float | None:
     if truth is None:
         return None
     if skill == "query":
-        return float(str(output.get("answer", "")).strip().lower() == str(truth).strip().lower())
+        return metrics.answer_match(output.get("answer"), truth)
     return rewards.reward(skill, output, truth)
 
 
@@ -139,6 +139,8 @@ class CheckpointBrowser(Panel):
             steps = list(self.chosen) or ([BASE] if self.offer_base else []) + [c["step"] for c in self.checkpoints]
         vl = self._vl if self._vl is not None else self._ft.vl()
         columns, results = [], {}
+        # A model keeps its colour whichever others run beside it: base first, then each saved step.
+        palette = [BASE] + sorted(c["step"] for c in self.checkpoints)
         for k, step in enumerate(steps):
             model = None if step == BASE else self._ft.model(step)
             label = "base" if step == BASE else f"step {step}"
@@ -149,10 +151,12 @@ class CheckpointBrowser(Panel):
                 truth = self.ground_truth[i] if self.ground_truth is not None else None
                 score = _score(self.skill, out, truth)
                 outputs.append(out)
-                cells.append(_cell(self.skill, out, score))
+                cells.append(output_cell(self.skill, out, score))
             results[label] = outputs
-            columns.append({"step": step, "label": label, "color": color_of(k), "cells": cells})
+            columns.append({"step": step, "label": label, "cells": cells,
+                            "color": color_of(palette.index(step) if step in palette else len(palette) + k)})
         self.results, self.columns = results, columns
+        self.chosen = list(steps)  # the ticks say what is shown
         self.status = f"ran {len(columns)} model{'' if len(columns) == 1 else 's'} on {len(self._sources)} image" + (
             "" if len(self._sources) == 1 else "s")
         return results
@@ -205,14 +209,3 @@ class CheckpointBrowser(Panel):
         scores = [[cell.get("score") for cell in c["cells"]] for c in self.columns]
         answers = [[cell.get("answer", "") for cell in c["cells"]] for c in self.columns]
         return plots.checkpoints_figure(self._pils, self.skill, labels, outputs, scores, answers)
-
-
-def _cell(skill: str, output: Mapping, score: float | None) -> dict:
-    cell: dict[str, Any] = {"score": score}
-    if skill == "point":
-        cell["p"] = [[p["x"], p["y"]] for p in output.get("points") or []]
-    elif skill == "detect":
-        cell["b"] = [[o[k] for k in BOX_KEYS] for o in output.get("objects") or []]
-    else:
-        cell["answer"] = output.get("answer", "")
-    return cell

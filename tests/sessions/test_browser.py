@@ -110,15 +110,19 @@ def labeling_in_the_browser(lab) -> None:
     page.keyboard.press("Enter")
     assert _until(lab, "session.current.image_id", ids[1]) == ids[1]
     assert lab.value(f"session.store.status({ids[0]!r})") == "done"
+    # the new editor has the keyboard: the next keys work without a click (focus used to drop to
+    # the page body, and every key after the first did nothing)
+    _editor(out)
+    page.wait_for_function("() => !!document.activeElement.closest('.mdnb-session .mdnb-target')", timeout=5_000)
 
     # x: skip
-    _editor(out).focus()
     page.keyboard.press("x")
     assert _until(lab, "session.current.image_id", ids[2]) == ids[2]
     assert lab.value(f"session.store.status({ids[1]!r})") == "skipped"
 
-    # PageUp: previous
-    _editor(out).focus()
+    # PageUp: previous (still no click)
+    _editor(out)
+    page.wait_for_function("() => !!document.activeElement.closest('.mdnb-session .mdnb-target')", timeout=5_000)
     page.keyboard.press("PageUp")
     assert _until(lab, "session.current.image_id", ids[1]) == ids[1]
 
@@ -183,6 +187,8 @@ def reviewing_in_the_browser(lab) -> None:
     # background meanwhile, so their 3 s train steps run while you review
     assert _until(lab, "review.pending.image_id", ids[3], timeout=2.5) == ids[3]
     assert lab.value("review.counts['human']") == 1
+    out.locator(".mdnb-session .mdnb-reviewer.mdnb-painted").wait_for(timeout=15_000)
+    page.wait_for_function("() => !!document.activeElement.closest('.mdnb-session .mdnb-reviewer')", timeout=5_000)
     assert lab.value(f"[(r.source, r.rewards) for r in review.store.rewards({ids[1]!r})]") == [
         ["human", [1.0, 0.0, 1.0, 0.0]]]
     out.locator(".mdnb-train-status", has_text="in flight").wait_for(timeout=10_000)

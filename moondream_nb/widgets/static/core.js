@@ -73,8 +73,32 @@ function isolateKeys(el) {
   el.addEventListener("focusin", (e) => {
     if (e.target instanceof Element) e.target.setAttribute("data-lm-suppress-shortcuts", "true");
   });
-  el.addEventListener("keydown", (e) => e.stopPropagation());
+  el.addEventListener("keydown", (e) => { e.stopPropagation(); markSessionActive(el); });
   el.addEventListener("keypress", (e) => e.stopPropagation());
+  el.addEventListener("pointerdown", () => markSessionActive(el));
+  requestAnimationFrame(() => takeSessionFocus(el)); // after the panel has built its stage
+}
+
+// A session (Python's SessionView, class mdnb-session) swaps one panel for the next on Enter,
+// PageDown, x: the old panel leaves the page with the keyboard focus. The new one takes it when
+// the person was working in the session a moment ago and nothing else holds the focus, so the
+// next key works without a click. Nothing is focused outside sessions or while typing elsewhere.
+const SESSION_FOCUS_MS = 15000;
+function markSessionActive(el) {
+  const session = el.closest(".mdnb-session");
+  if (session) session.dataset.mdnbActive = String(Date.now());
+}
+function takeSessionFocus(el, tries = 30) {
+  if (!el.isConnected) { // views are attached after render
+    if (tries > 0) requestAnimationFrame(() => takeSessionFocus(el, tries - 1));
+    return;
+  }
+  const session = el.closest(".mdnb-session");
+  if (!session || Date.now() - +(session.dataset.mdnbActive || 0) > SESSION_FOCUS_MS) return;
+  const active = document.activeElement;
+  if (active && active !== document.body && active.isConnected && !session.contains(active)) return;
+  const target = el.tabIndex >= 0 ? el : el.querySelector(".mdnb-stage[tabindex]") || el.querySelector("[tabindex]");
+  if (target) target.focus({ preventScroll: true });
 }
 
 // The stage: <img> + <svg viewBox="0 0 W H"> inside a transformed wrapper (zoom/pan).
