@@ -2,13 +2,12 @@
 
 ``ft(...)`` is a drop-in for ``moondream.ft`` and ``vl(...)`` for ``moondream.vl``, with typed
 errors, validation before sending, keep-alive connections, retries and images encoded once.
-Importing this package loads only requests and pillow.
+Importing this package loads neither requests nor pillow: the first client and the first image do.
 """
 
 from ._version import __version__
 from .connection import Connection, connect
 from .client import Batch, EncodedImage, Finetune, Finetunes, ImageEncoder, VL, finetunes, ft, vl
-from .evaluation import Evaluation, evaluate
 from .errors import (
     AuthenticationError,
     ConflictError,
@@ -44,3 +43,12 @@ __all__ = [
     "ServerError",
     "TransportError",
 ]
+
+
+def __getattr__(name: str):
+    # evaluate / Evaluation load their modules on first use (a tenth of the import time otherwise)
+    if name in ("evaluate", "Evaluation"):
+        from . import evaluation
+
+        return getattr(evaluation, name)
+    raise AttributeError(f"module 'moondream_nb' has no attribute {name!r}")

@@ -7,11 +7,9 @@ wrong, ``str(exc)`` carries the server's own message, and no API key ever appear
 
 from __future__ import annotations
 
-import email.utils
 import json
 import time
 from collections.abc import Iterable, Mapping
-from http import HTTPStatus
 from typing import Any
 
 __all__ = [
@@ -146,6 +144,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         seconds = float(value)
     except ValueError:
         try:
+            import email.utils  # here: 9 ms of imports for a header seldom sent as a date
+
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError, IndexError):
             return None
@@ -276,6 +276,8 @@ def error_from_response(
     message = fields.pop("message", "") or ""
     if not message:
         try:
+            from http import HTTPStatus
+
             message = HTTPStatus(status).phrase  # type: ignore[arg-type]
         except (ValueError, TypeError):
             message = "error"

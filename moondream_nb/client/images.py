@@ -17,11 +17,21 @@ import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable
-
-from PIL import Image, ImageOps
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Hashable
 
 from ..errors import ValidationError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# PIL is imported where an image is decoded or encoded, not with the package (a PIL image passed
+# in means PIL is loaded already: see _is_pil).
+
+
+def _is_pil(obj: Any) -> bool:
+    pil = sys.modules.get("PIL.Image")
+    return pil is not None and isinstance(obj, pil.Image)
 
 JPEG_QUALITY = 95
 _DATA_URL_PREFIX = "data:image/jpeg;base64,"
@@ -61,6 +71,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     them to white); transparency composited over white (``convert`` keeps whatever colour the
     transparent pixels hold); CMYK, palette and grayscale converted. An RGB image is returned as is.
     """
+    from PIL import Image, ImageOps
+
     # exif_transpose copies the whole image; only pay that when there is a rotation to apply.
     if img.getexif().get(_EXIF_ORIENTATION, 1) not in (1, None):
         img = ImageOps.exif_transpose(img)
@@ -90,6 +102,8 @@ def _jpeg_data_url(img: Image.Image, quality: int) -> str:
 
 
 def _fingerprint(img: Image.Image) -> tuple:
+    from PIL import Image
+
     return img.size, img.mode, img.resize(_FINGERPRINT_SIZE, Image.NEAREST).tobytes()
 
 
@@ -114,10 +128,18 @@ def _array_image(arr: Any, path: str) -> tuple[Hashable, Callable[[], Image.Imag
         )
     arr = np.ascontiguousarray(arr)
     key = ("array", arr.shape, hashlib.blake2b(memoryview(arr).cast("B"), digest_size=20).digest())
-    return key, lambda: Image.fromarray(arr)
+
+    def load() -> Image.Image:
+        from PIL import Image
+
+        return Image.fromarray(arr)
+
+    return key, load
 
 
 def _decode(data: bytes, path: str, what: str) -> Image.Image:
+    from PIL import Image
+
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # the first frame of animated files
@@ -190,7 +212,7 @@ class ImageEncoder:
         url = getattr(image, "image_url", None)
         if isinstance(url, str):
             return self._known(url)
-        if isinstance(image, Image.Image):
+        if _is_pil(image):
             return self._cached(("pil", id(image)), lambda: image, image)
         if isinstance(image, str) and image.startswith("data:"):
             return self._known(image)

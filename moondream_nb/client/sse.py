@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MoondreamError, TransportError, error_from_response
+
+
+if TYPE_CHECKING:
+    import requests
 
 
 def _raw_chunks(resp: requests.Response) -> Iterator[bytes]:
@@ -42,6 +44,8 @@ def _lines(resp: requests.Response) -> Iterator[str]:
 
 def iter_chunks(resp: requests.Response, secrets: list[str | None]) -> Iterator[str]:
     """Yield the text chunks of an event stream until ``completed``; closes ``resp`` at the end."""
+    import requests  # loaded already: the response came through it
+
     event = None
     try:
         for line in _lines(resp):

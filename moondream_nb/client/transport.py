@@ -25,11 +25,7 @@ import random
 import time
 import urllib.parse
 import uuid
-from typing import Any, Iterable
-
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .._version import __version__
 from ..errors import (AuthenticationError, MoondreamError, TransportError, ValidationError, error_from_response,
@@ -38,6 +34,12 @@ from . import jsonbody
 from .config import API_KEY_ENV, DEFAULT_API_BASE
 from .images import EncodedImage
 from .pacing import Pacer, pacer_for
+
+if TYPE_CHECKING:
+    import requests
+
+# requests (and urllib3 under it: ~280 modules, ~65 ms) is imported when the first client is
+# made, not with the package: `import moondream_nb` stays light for notebooks that only label.
 
 log = logging.getLogger("moondream_nb.client")
 
@@ -62,6 +64,9 @@ def _reason(exc: BaseException) -> str:
 
 def _connect_failure(exc: BaseException) -> str | None:
     """Why no connection could be made at all (nothing was sent), or None for other failures."""
+    import requests
+    import urllib3
+
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return "connect timed out"
     inner: Any = exc.args[0] if exc.args else None
@@ -140,6 +145,8 @@ class Transport:
         self.honours_idempotency: bool | None = None
         self.pacer: Pacer = pacer_for(_origin(self.base_url), self._api_key)
         self._sleep = time.sleep
+        import requests
+
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
         # requests re-reads proxy variables on every request (a measurable share of a call's
@@ -162,6 +169,8 @@ class Transport:
         """Keep at least ``size`` connections per host alive (e.g. a stream's concurrency)."""
         if size <= self._pool_size:
             return
+        from requests.adapters import HTTPAdapter
+
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
@@ -252,6 +261,8 @@ class Transport:
     def _proxies_for(self, url: str) -> dict[str, str]:
         origin = _origin(url)
         if origin not in self._proxies:
+            import requests.utils
+
             self._proxies[origin] = requests.utils.get_environ_proxies(url)
         return self._proxies[origin]
 
@@ -279,6 +290,9 @@ class Transport:
         Raises:
             the :class:`MoondreamError` subclass of the final failure.
         """
+        import requests
+        import urllib3
+
         url = self.url(path, query)
         shown = f"{method} {url.split('?', 1)[0]}"
         self._check_key(url)
@@ -375,6 +389,8 @@ class Transport:
         return TransportError(scrub(f"{text} (gave up after {waited:.1f} s)", [self._api_key]), sent=False)
 
     def _http_error(self, resp: requests.Response, shown: str) -> MoondreamError:
+        import requests
+
         try:
             text = resp.content.decode("utf-8", "replace")
         except requests.exceptions.RequestException:

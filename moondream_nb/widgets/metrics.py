@@ -14,6 +14,7 @@ from typing import Any
 import traitlets as t
 
 from .. import protocol
+from ..frames import FIGURES
 from ..plots import METRIC_RANGES
 from ._base import Panel, esm
 
@@ -60,7 +61,8 @@ class MetricsPanel(Panel):
         kwargs.setdefault("ranges", {k: list(v) for k, v in METRIC_RANGES.items()})
         super().__init__(smoothing=smoothing, **kwargs)
         self._ft = ft
-        self._seen = -1
+        self._seen = 0
+        self._steps: set[int] = set()
         self._stop = threading.Event()
         self.refresh()
         if live:
@@ -79,24 +81,46 @@ class MetricsPanel(Panel):
         return history_frame(_history(self._ft))
 
     def refresh(self) -> None:
-        """Re-read ``ft.history`` and redraw if it grew."""
+        """Read what ``ft.history`` gained since the last refresh and redraw.
+
+        Only the new points travel to the page (a custom message the front end merges), so a
+        step costs the same at step 10 as at step 10,000; :attr:`series` (the synced state a
+        re-opened view starts from) is updated in place.
+        """
         history = _history(self._ft)
+        if len(history) < self._seen:  # a different history: start over
+            self._seen, self._steps = 0, set()
+            self.series, self.order = {}, []
         if len(history) == self._seen:
             return
-        self._seen = len(history)
-        frame = self.frame
-        series: dict[str, list] = {}
-        for name in frame.columns:
-            if name in _SKIP or frame[name].dtype == object:
+        new, self._seen = history[max(self._seen, 0):], len(history)
+        first = not self.series
+        series = self.series if not first else {}
+        changed: dict[str, list] = {}
+        for row in new:
+            if not isinstance(row, dict) or row.get("step") is None:
                 continue
-            pts = [[int(step), float(v)] for step, v in frame[name].items()
-                   if v is not None and not isinstance(v, bool) and _finite(v)]
-            if pts:
-                series[name] = pts
-        self.order = list(series)
-        self.series = series
-        steps = frame.index
-        self.status = f"{len(steps)} step{'' if len(steps) == 1 else 's'}" + (f" · last {int(steps.max())}" if len(steps) else "")
+            if row.get("kind") == "train_step" and row.get("applied") is False:
+                continue  # a step the server did not apply keeps the figures of the one it did (as frames do)
+            step = int(row["step"])
+            self._steps.add(step)
+            for name, v in row.items():
+                if name in _SKIP or name in ("kind", "step") or isinstance(v, bool) or not _finite(v):
+                    continue
+                point = [step, float(v)]
+                _upsert(series.setdefault(name, []), point)
+                _upsert(changed.setdefault(name, []), point)
+        order = [f for f in FIGURES if f in series] + [n for n in series if n not in FIGURES]
+        if first:
+            self.order, self.series = order, series
+        elif changed:
+            if order != self.order:
+                self.order = order
+            self.send({"type": "points", "points": changed})
+            if self.static_follows is not None and getattr(self, "_displays", None):
+                self._state_changed(None)  # no trait changed, but the picture should follow
+        steps = self._steps
+        self.status = f"{len(steps)} step{'' if len(steps) == 1 else 's'}" + (f" · last {max(steps)}" if steps else "")
 
     def close(self) -> None:
         """Stop polling and close the widget."""
@@ -113,7 +137,20 @@ class MetricsPanel(Panel):
                                      columns=[c for c in self.order if c != "reward_std"])
 
 
+def _upsert(points: list, point: list) -> None:
+    """Put ``[step, value]`` into ``points`` (sorted by step; a later value for a step wins)."""
+    i = len(points)
+    while i > 0 and points[i - 1][0] > point[0]:  # steps arrive in order: this loop rarely runs
+        i -= 1
+    if i > 0 and points[i - 1][0] == point[0]:
+        points[i - 1] = point
+    else:
+        points.insert(i, point)
+
+
 def _finite(v: Any) -> bool:
+    if isinstance(v, str):
+        return False
     try:
         return math.isfinite(float(v))
     except (TypeError, ValueError):

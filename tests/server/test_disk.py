@@ -178,3 +178,32 @@ def test_a_non_loopback_bind_warns(tmp_path):
     with srv:
         assert srv.running
     assert "reachable from other machines" in (tmp_path / "server.log").read_text()
+
+
+def test_disk_per_finetune_is_bounded_by_its_checkpoints(tmp_path):
+    """Only the latest step and each saved checkpoint keep a file (300 steps of one rank-8
+    finetune once took 642 MiB); deleting a checkpoint frees its file; a restart keeps the rule."""
+    from moondream_nb.data.scenes import make_scene
+
+    scene = make_scene(3, size=(160, 120), n_objects=2)
+    group = {"mode": "sft", "request": {"skill": "point", "image": scene.image, "object": scene.objects[0].shape},
+             "target": {"points": [{"x": scene.objects[0].box_dict["x_min"], "y": scene.objects[0].box_dict["y_min"]}]}}
+
+    def steps_on_disk() -> list[int]:
+        return sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "data").rglob("step-*.safetensors"))
+
+    key = "md-local-bounded-disk-test-key-0123"
+    with serve(data_dir=tmp_path / "data", threads=1, api_key=key) as srv:
+        ft = srv.ft(name="bounded", rank=8)
+        for k in range(1, 13):
+            ft.train_step([group])
+            if k in (4, 8):
+                ft.save_checkpoint()
+        assert steps_on_disk() == [4, 8, 12]
+        ft.delete_checkpoint(4)
+        assert steps_on_disk() == [8, 12]
+    with serve(data_dir=tmp_path / "data", threads=1, api_key=key) as srv:
+        ft = srv.ft(finetune_id=ft.finetune_id)
+        ft.train_step([group])
+        assert steps_on_disk() == [8, 13]
+        assert [c["step"] for c in ft.iter_checkpoints()] == [8]

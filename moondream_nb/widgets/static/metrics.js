@@ -102,6 +102,14 @@ function chart(name, pts, w, band, ranges) {
       : h("div", { class: "mdnb-axis mdnb-axis-one" }, h("span", { text: `step ${x0}` })));
 }
 
+// [step, value] into points sorted by step; a later value for the same step replaces it.
+function upsertPoint(points, p) {
+  let i = points.length;
+  while (i > 0 && points[i - 1][0] > p[0]) i--;
+  if (i > 0 && points[i - 1][0] === p[0]) points[i - 1] = p;
+  else points.splice(i, 0, p);
+}
+
 function render({ model, el }) {
   const t0 = performance.now();
   el.classList.add("mdnb", "mdnb-metrics");
@@ -130,12 +138,28 @@ function render({ model, el }) {
     }
     charts.replaceChildren(...(out.length ? out : [h("div", { class: "mdnb-hint", text: "no train steps or metrics yet" })]));
   }
+  // New points arrive as a message (only what is new); merging is idempotent, so every view of the
+  // model may apply the same message to the shared series.
+  const onMsg = (msg) => {
+    if (!msg || msg.type !== "points") return;
+    const series = model.get("series") || {};
+    for (const [name, pts] of Object.entries(msg.points)) {
+      const cur = series[name] || (series[name] = []);
+      for (const p of pts) upsertPoint(cur, p);
+    }
+    draw();
+  };
   model.on("change:series", draw);
   model.on("change:smoothing", draw);
   model.on("change:status", draw);
+  model.on("change:order", draw);
+  model.on("msg:custom", onMsg);
   draw();
   markPainted(el, t0, null);
-  return () => { model.off("change:series", draw); model.off("change:smoothing", draw); model.off("change:status", draw); };
+  return () => {
+    model.off("change:series", draw); model.off("change:smoothing", draw); model.off("change:status", draw);
+    model.off("change:order", draw); model.off("msg:custom", onMsg);
+  };
 }
 
 export default { render };
