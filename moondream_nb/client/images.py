@@ -195,6 +195,9 @@ class ImageEncoder:
         self._lock = threading.Lock()
         self._key_locks: dict[Hashable, threading.Lock] = {}
         self._dead: list[Hashable] = []  # filled by weakref callbacks, purged under the lock
+        # id(image_url) -> the cached EncodedImage holding that very string: an echoed request
+        # (parsed back to the same str, see jsonbody.loads) is found without scanning megabytes.
+        self._by_url: dict[int, EncodedImage] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -203,6 +206,7 @@ class ImageEncoder:
         """Forget every cached encoding."""
         with self._lock:
             self._entries.clear()
+            self._by_url.clear()
             self._bytes = 0
 
     def encode(self, image: Any, path: str = "image") -> EncodedImage:
@@ -215,7 +219,7 @@ class ImageEncoder:
         if _is_pil(image):
             return self._cached(("pil", id(image)), lambda: image, image)
         if isinstance(image, str) and image.startswith("data:"):
-            return self._known(image)
+            return self.of_url(image)
         if isinstance(image, str) and image.startswith(("http://", "https://")):
             raise ValidationError(
                 f"{path}: remote image URLs are not supported; pass the image, a path or bytes",
@@ -234,6 +238,15 @@ class ImageEncoder:
                 param=path,
             )
         return self._cached(key, load)
+
+    def of_url(self, url: str) -> EncodedImage:
+        """The :class:`EncodedImage` of data URL ``url``: the cached one when ``url`` is the very
+        string this encoder made (an echoed request: no scan), else one built for it."""
+        with self._lock:
+            hit = self._by_url.get(id(url))
+        if hit is not None and hit.image_url is url:
+            return hit
+        return self._known(url)
 
     def _known(self, url: str) -> EncodedImage:
         # Already encoded by the caller; still give it raw bytes when they are JSON-safe.
@@ -277,6 +290,7 @@ class ImageEncoder:
     def _store(self, key: Hashable, entry: _Entry) -> None:
         self._remove(key)
         self._entries[key] = entry
+        self._by_url[id(entry.encoded.image_url)] = entry.encoded
         self._bytes += len(entry.encoded.image_url)
         while self._entries and (len(self._entries) > self.max_items or self._bytes > self.max_bytes):
             self._remove(next(iter(self._entries)))
@@ -285,6 +299,8 @@ class ImageEncoder:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= len(entry.encoded.image_url)
+            if self._by_url.get(id(entry.encoded.image_url)) is entry.encoded:
+                del self._by_url[id(entry.encoded.image_url)]
 
     def _purge_dead(self) -> None:
         while self._dead:

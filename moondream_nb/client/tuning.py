@@ -253,6 +253,10 @@ class Finetune:
                 req["request"] = self._encode_request(inner, f"groups[{index}].request.request", images)
             elif "image" in req:
                 req = self._encode_request(req, f"groups[{index}].request", images)
+            else:  # an echoed request: its image_url is spliced into the body, not re-scanned
+                url = (inner if "skill" not in req and isinstance(inner, Mapping) else req).get("image_url")
+                if isinstance(url, str) and url.startswith("data:") and not any(e.image_url is url for e in images):
+                    images.append(self.images.of_url(url))
             group["request"] = req
         return group
 

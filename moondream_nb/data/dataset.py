@@ -13,6 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, overload
 
 from PIL import Image, ImageOps
@@ -194,6 +195,11 @@ class Dataset(Sequence[Item]):
     def ids(self) -> list[str]:
         """The image ids, in order."""
         return [it.image_id for it in self._items]
+
+    @property
+    def positions(self) -> Mapping[str, int]:
+        """``{image_id: position}`` (read-only): O(1) membership and lookup by id."""
+        return MappingProxyType(self._index)
 
     def index(self, image_id: str, *args: Any) -> int:  # type: ignore[override]
         """Position of the item with ``image_id`` (ValueError when absent)."""

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE INDEX IF NOT EXISTS labels_by_seq ON labels (seq);  -- MAX(seq) per put: a lookup, not a scan
 CREATE TABLE IF NOT EXISTS items (
     image_id TEXT PRIMARY KEY, status TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS items_by_time ON items (updated_at);  -- the last marks, for the rate
 CREATE TABLE IF NOT EXISTS rewards (
     id INTEGER PRIMARY KEY AUTOINCREMENT, image_id TEXT, request TEXT NOT NULL, rollouts TEXT NOT NULL,
     rewards TEXT NOT NULL, source TEXT NOT NULL, created_at REAL NOT NULL);
@@ -180,6 +182,13 @@ class LabelStore:
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         self._lock = threading.RLock()
+        # The items table mirrored in memory ({image_id: status}) with per-dataset tallies, so
+        # next_item and progress cost O(1) per call, not O(items). Rebuilt when another connection
+        # wrote the file (PRAGMA data_version moves), updated in place by our own commits.
+        self._marks: dict[str, str] | None = None
+        self._marks_version: int | None = None
+        self._tallies: dict[int, _Tally] = {}
+        self._changes: list[tuple[str, str | None]] = []  # item marks of the open transaction
         # isolation_level=None: we open every transaction ourselves (BEGIN IMMEDIATE), so a
         # write is one explicit transaction that is committed — and fsynced — before we return.
         self._conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -212,13 +221,18 @@ class LabelStore:
                 raise ValidationError("the label store is closed")
             cur = self._conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
+            self._changes = []
             try:
                 yield cur
             except BaseException:
                 cur.execute("ROLLBACK")
+                self._changes = []
                 raise
             else:
                 cur.execute("COMMIT")
+                changes, self._changes = self._changes, []
+                for image_id, status in changes:
+                    self._mirror(image_id, status)
             finally:
                 cur.close()
 
@@ -319,16 +333,50 @@ class LabelStore:
         with self._write() as cur:
             self._mark(cur, image_id, status)
 
-    @staticmethod
-    def _mark(cur: sqlite3.Cursor, image_id: str, status: str) -> None:
+    def _mark(self, cur: sqlite3.Cursor, image_id: str, status: str) -> None:
         cur.execute("INSERT INTO items (image_id, status, updated_at) VALUES (?, ?, ?) ON CONFLICT (image_id) "
                     "DO UPDATE SET status=excluded.status, updated_at=excluded.updated_at",
                     (image_id, status, time.time()))
+        self._changes.append((image_id, status))
 
     def unmark(self, image_id: str) -> None:
         """Forget the item's status (it is pending again); its labels stay."""
         with self._write() as cur:
             cur.execute("DELETE FROM items WHERE image_id=?", (image_id,))
+            self._changes.append((image_id, None))
+
+    def _marked(self) -> dict[str, str]:
+        """The mirror of the items table (reloaded when another connection changed the file)."""
+        with self._lock:
+            version = self._read("PRAGMA data_version")[0][0]
+            if self._marks is None or version != self._marks_version:
+                self._marks = dict(self._read("SELECT image_id, status FROM items"))
+                self._marks_version = version
+                self._tallies.clear()
+            return self._marks
+
+    def _mirror(self, image_id: str, status: str | None) -> None:
+        if self._marks is None:
+            return
+        old = self._marks.pop(image_id, None) if status is None else self._marks.get(image_id)
+        if status is not None:
+            self._marks[image_id] = status
+        for tally in list(self._tallies.values()):
+            tally.move(image_id, old, status)
+
+    def _tally(self, dataset: Any) -> "_Tally | None":
+        """Done/skipped counts of a Dataset, kept up to date by every mark (None for other sequences)."""
+        index = getattr(dataset, "positions", None)
+        if not isinstance(index, Mapping):
+            return None
+        marks = self._marked()
+        tally = self._tallies.get(id(dataset))
+        if tally is None or tally.ref() is not dataset:
+            tally = _Tally(dataset, index, marks)
+            key = id(dataset)
+            tally.ref = weakref.ref(dataset, lambda _r, k=key: self._tallies.pop(k, None))
+            self._tallies[key] = tally
+        return tally
 
     def status(self, image_id: str) -> str | None:
         """``"done"``, ``"skipped"`` or None (pending)."""
@@ -337,39 +385,67 @@ class LabelStore:
 
     def statuses(self) -> dict[str, str]:
         """Every marked item: ``{image_id: "done" | "skipped"}``."""
-        return dict(self._read("SELECT image_id, status FROM items"))
+        return dict(self._marked())
 
     def pending(self, ids: Iterable[Any]) -> list[Any]:
         """The items (or ids) of ``ids`` not yet done or skipped, in order. Accepts a Dataset."""
-        marked = self.statuses()
+        marked = self._marked()
         return [x for x in ids if _id_of(x) not in marked]
 
     def next_item(self, dataset: Sequence[Any], after: str | None = None) -> Any | None:
         """The first pending item of ``dataset`` after the one with id ``after`` (wrapping
-        around; from the start when None), or None when every item is done or skipped."""
-        marked = self.statuses()
-        ids = [_id_of(x) for x in dataset]
-        start = ids.index(after) + 1 if after is not None and after in ids else 0
-        for k in range(len(ids)):
-            i = (start + k) % len(ids)
-            if ids[i] not in marked:
-                return dataset[i]
+        around; from the start when None), or None when every item is done or skipped.
+
+        O(1) per call for a ``Dataset`` whose next item is pending (the usual case); the walk
+        past marked items stops at the first pending one."""
+        marked = self._marked()
+        n = len(dataset)
+        index = getattr(dataset, "positions", None)
+        if isinstance(index, Mapping):  # a Dataset: positions by id, no list of ids to build
+            start = index[after] + 1 if after is not None and after in index else 0
+            tally = self._tally(dataset)
+            if tally is not None and tally.done + tally.skipped >= n:
+                return None
+        else:
+            ids = [_id_of(x) for x in dataset]
+            start = ids.index(after) + 1 if after is not None and after in ids else 0
+        with self._lock:
+            for k in range(n):
+                item = dataset[(start + k) % n]
+                if _id_of(item) not in marked:
+                    return item
         return None
 
     def progress(self, dataset: Sequence[Any] | None = None, *, window: int = 20) -> Progress:
         """Done/skipped/total over ``dataset`` (or over everything marked when None), and the
-        labelling rate over the last ``window`` marks."""
-        rows = self._read("SELECT image_id, status, updated_at FROM items ORDER BY updated_at")
-        if dataset is not None:
-            wanted = {_id_of(x) for x in dataset}
-            rows = [r for r in rows if r[0] in wanted]
-            total = len(wanted)
+        labelling rate over the last ``window`` marks (of the dataset's items).
+
+        O(1) per call for a ``Dataset`` (its counts are kept as items are marked) plus an
+        indexed read of the last marks."""
+        marked = self._marked()
+        tally = self._tally(dataset) if dataset is not None else None
+        if dataset is None:
+            done = sum(1 for v in marked.values() if v == "done")
+            skipped, total, wanted = len(marked) - done, len(marked), None
+        elif tally is not None:
+            done, skipped, total, wanted = tally.done, tally.skipped, len(dataset), tally.index
         else:
-            total = len(rows)
-        times = [r[2] for r in rows[-window:]]
+            wanted = {_id_of(x) for x in dataset}
+            statuses = [marked[i] for i in wanted if i in marked]
+            done = statuses.count("done")
+            skipped, total = len(statuses) - done, len(wanted)
+        times: list[float] = []
+        offset, batch = 0, max(window, 1) * 4
+        while len(times) < window:  # the newest marks first, until `window` of the dataset's
+            rows = self._read("SELECT image_id, updated_at FROM items ORDER BY updated_at DESC LIMIT ? OFFSET ?",
+                              (batch, offset))
+            times += [t for i, t in rows if wanted is None or i in wanted][: window - len(times)]
+            if len(rows) < batch:
+                break
+            offset, batch = offset + batch, batch * 4
+        times.reverse()
         rate = (len(times) - 1) / (times[-1] - times[0]) * 60 if len(times) > 1 and times[-1] > times[0] else None
-        done = sum(1 for r in rows if r[1] == "done")
-        return Progress(done, len(rows) - done, total, rate)
+        return Progress(done, skipped, total, rate)
 
     # -- session state ---------------------------------------------------------------------
 
@@ -507,6 +583,27 @@ class LabelStore:
         rows = self._read(sql + (" WHERE finetune_id=? ORDER BY id" if finetune_id is not None else " ORDER BY id"),
                           (finetune_id,) if finetune_id is not None else ())
         return [StepRecord(i, f, s, json.loads(r), t) for i, f, s, r, t in rows]
+
+
+class _Tally:
+    """Done and skipped counts of one dataset's items, moved by each mark."""
+
+    def __init__(self, dataset: Any, index: Mapping[str, int], marks: Mapping[str, str]) -> None:
+        self.index = index
+        self.ref: Any = None
+        statuses = ([s for i, s in marks.items() if i in index] if len(marks) < len(index)  # the smaller side
+                    else [marks[i] for i in index if i in marks])
+        self.done = statuses.count("done")
+        self.skipped = len(statuses) - self.done
+
+    def move(self, image_id: str, old: str | None, new: str | None) -> None:
+        if image_id not in self.index or old == new:
+            return
+        for status, step in ((old, -1), (new, 1)):
+            if status == "done":
+                self.done += step
+            elif status == "skipped":
+                self.skipped += step
 
 
 def _id_of(x: Any) -> str:

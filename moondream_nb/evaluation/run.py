@@ -78,8 +78,10 @@ def evaluate(
     resolved = resolve_models(models, vl)
     store = _store(cache)
     outputs, ms, cached, pending = {}, {}, set(), []
-    for m in resolved:
-        for i, case in enumerate(cases):
+    # Case by case, every model on it: each image is decoded and encoded once while it is in the
+    # dataset's and the client's caches, not once per model.
+    for i, case in enumerate(cases):
+        for m in resolved:
             key = _cache.cache_key(m.client.endpoint, m.model, skill, _image_key(case.item), case.prompt, settings)
             hit = store.get(key) if store is not None else None
             if hit is not None:

@@ -160,13 +160,14 @@ class ImagePanel(Panel):
 
         The bytes are at most ``max_side`` pixels on the long side; ``image_size`` stays the original.
         """
-        pil = to_pil(image, path)
+        pil = to_pil(image, path, draft_side=max_side)
         data, mime, size = display_bytes(pil, max_side)
         self._pil = pil
         return {"_image": ImageData(data=data, mime=mime), "image_size": list(size)}
 
     @property
     def pil_image(self) -> Any:
-        """The image as a PIL image (original resolution)."""
+        """The image as decoded for display (a large JPEG may be decoded at a reduced scale;
+        :attr:`image_size` is always the original's)."""
         return self._pil
 

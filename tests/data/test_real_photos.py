@@ -111,3 +111,23 @@ def test_very_wide_and_very_tall_photos_keep_their_aspect(size):
     shown = Image.open(io.BytesIO(canvas._image.data))
     assert canvas.image_size == list(size)
     assert shown.size[0] / shown.size[1] == pytest.approx(size[0] / size[1], rel=0.03) and min(shown.size) >= 51
+
+
+def test_a_reviewer_from_a_12_megapixel_rotated_response_decodes_small_and_stays_exact():
+    """A reviewer built from a response decodes its JPEG data URL at a reduced scale (libjpeg's
+    draft: 147 → 48 ms for 4000 x 3000, as fast as from a PIL image) and still reports the upright
+    original size, with the same picture as a full decode shrunk to 1280 px."""
+    stored = CHELSEA.resize((4000, 3000), Image.BICUBIC).transpose(Image.Transpose.ROTATE_90)  # 3000 x 4000 on disk
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6  # upright it is 4000 wide
+    buf = io.BytesIO()
+    stored.save(buf, format="JPEG", quality=92, exif=exif)
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    resp = {"request": {"skill": "point", "object": "cat", "image_url": url},
+            "rollouts": [{"skill": "point", "output": {"points": [{"x": 0.25, "y": 0.5}]}}]}
+    reviewer = RolloutReviewer(resp)
+    shown = Image.open(io.BytesIO(reviewer._image.data))
+    assert reviewer.image_size == [4000, 3000] and shown.size == (1280, 960)
+    assert max(reviewer.pil_image.size) <= 2000  # decoded at half scale (it was 4000 px) ...
+    full = to_rgb(Image.open(io.BytesIO(buf.getvalue()))).resize((1280, 960), Image.BILINEAR)
+    assert _similar(shown, full, tol=6.0)  # ... the same upright picture

@@ -83,3 +83,42 @@ def test_evaluation_panel_table_worst_first_click_and_controls(lab, artifacts, e
     assert keys == sorted(keys, reverse=True)
     assert int(rows.nth(0).get_attribute("data-i")) == lab.value("ep.listing[0]['i']")
     panel.screenshot(path=str(artifacts / "evaluation_panel_disagreement.png"))
+
+
+def test_the_panel_orders_and_shows_without_a_browser_and_has_a_static_picture():
+    """The Python side alone: worst first by the chosen model, disagreement by |b - a|, a click's
+    image sent once per image, and a PNG of the curves and the table for viewers without widgets."""
+    from PIL import Image
+
+    from moondream_nb.data import Dataset, Label
+    from moondream_nb.evaluation import Evaluation
+    from moondream_nb.evaluation.run import collect_cases
+    from moondream_nb.widgets import EvaluationPanel
+
+    box = {"x_min": 0.1, "y_min": 0.1, "x_max": 0.4, "y_max": 0.4}
+    far = {"x_min": 0.6, "y_min": 0.6, "x_max": 0.9, "y_max": 0.9}
+    ids = ["a", "b", "c"]
+    ds = Dataset.from_images([Image.new("RGB", (64, 48), (40 * i, 90, 90)) for i in range(3)], ids=ids).with_labels(
+        [Label(i, "detect", "things", {"boxes": [box]}) for i in ids])
+    cases = collect_cases(ds, "detect")
+    outputs = {("base", 0): {"objects": [box]}, ("base", 1): {"objects": [far]}, ("base", 2): {"objects": []},
+               ("step 5", 0): {"objects": [far]}, ("step 5", 1): {"objects": [box]}, ("step 5", 2): {"objects": [box]}}
+    ev = Evaluation("detect", ["base", "step 5"], cases, outputs, {k: 10.0 for k in outputs})
+    panel = EvaluationPanel(ev)
+    assert panel.sort == "worst step 5" and [r["image_id"] for r in panel.listing] == ["a", "b", "c"]
+    assert panel.selected == 0 and panel.shown["truth"] == {"b": [[0.1, 0.1, 0.4, 0.4]]}
+    assert [c["b"] for c in panel.shown["cells"]] == [[[0.1, 0.1, 0.4, 0.4]], [[0.6, 0.6, 0.9, 0.9]]]
+    panel.sort = "worst base"
+    assert [r["image_id"] for r in panel.listing] == ["b", "c", "a"]
+    panel.sort = "disagreement base vs step 5"
+    assert [abs(r["key"]) for r in panel.listing] == [1.0, 1.0, 1.0] and panel.listing[0]["key"] == -1.0
+    first = panel._image
+    panel.selected = 2
+    panel.selected = 0
+    assert panel._image is first  # each image is sent once, however often it is clicked
+    table = {row["name"]: row["values"] for row in panel.table}
+    assert table["F1"] == [ev.summary.loc["base", "f1"], ev.summary.loc["step 5", "f1"]]
+    data, _ = panel._repr_mimebundle_()
+    assert data["image/png"][:4] == b"\x89PNG"
+    panel.close()
+    assert first.comm is None
