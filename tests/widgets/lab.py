@@ -79,18 +79,7 @@ def start_lab(root: Path, timeout: float = 90.0, app: str = "lab") -> Iterator[d
         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"jupyter {app} exited: {(root / 'lab.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{url}/api/status", params={"token": token}, timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"jupyter {app} did not answer in {timeout:g} s: {(root / 'lab.log').read_text()[-2000:]}")
-            time.sleep(0.25)
+        wait_for_server(proc, f"{url}/api/status?token={token}", root / "lab.log", f"jupyter {app}", timeout)
         yield {"url": url, "token": token, "dir": nb_dir, "app": app}
     finally:
         # Shut kernels down through the API first so no kernel outlives the server.
@@ -99,13 +88,34 @@ def start_lab(root: Path, timeout: float = 90.0, app: str = "lab") -> Iterator[d
                 requests.delete(f"{url}/api/kernels/{kernel['id']}", params={"token": token}, timeout=10)
         except Exception:
             pass
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
+
+
+def wait_for_server(proc: subprocess.Popen, url: str, log_path: Path, what: str, timeout: float) -> None:
+    """Poll ``url`` until it answers 2xx; raise with the log's tail if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log_path.read_text()[-2000:]}")
+        try:
+            if requests.get(url, timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not answer in {timeout:g} s: {log_path.read_text()[-2000:]}")
+        time.sleep(0.25)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate ``proc``, killing it after 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def write_notebook(path: Path, cells: list[str]) -> None:

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from .lab import free_port
+from .lab import free_port, stop_process, wait_for_server
 
 marimo = pytest.importorskip("marimo")  # a dev dependency: CI installs it
 
@@ -91,18 +90,7 @@ def marimo_page(tmp_path_factory, chromium, responses):
                             env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"marimo exited: {(root / 'marimo.log').read_text()[-2000:]}")
-            try:
-                if requests.get(url, timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"marimo did not answer: {(root / 'marimo.log').read_text()[-2000:]}")
-            time.sleep(0.25)
+        wait_for_server(proc, url, root / "marimo.log", "marimo", 60)
         page = chromium.new_page(viewport={"width": 1400, "height": 1000})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -113,12 +101,7 @@ def marimo_page(tmp_path_factory, chromium, responses):
         yield page, errors
         page.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
