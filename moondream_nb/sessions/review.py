@@ -429,6 +429,7 @@ class ReviewSession:
             if reviewer is None or self.pending is None or reviewer is not self.reviewer or self._closing:
                 return
             group = reviewer.group()
+            unscored = len(reviewer.unscored)
             source = "auto" if self._standing_in else "human"
             if source == "human" and self._shown_at is not None:
                 self._lookahead.person_took(time.monotonic() - self._shown_at)
@@ -436,6 +437,9 @@ class ReviewSession:
             self._outstanding -= 1
             self._cond.notify_all()
             self._show_next()
+            if unscored and source == "human":  # say it: a rollout left at "–" trained as a bad one
+                self._view.set_status(f"last scene: {unscored} of {len(group['rewards'])} rollouts were unscored "
+                                      "and counted as bad (0)")
 
     def skip(self) -> None:
         """Drop the request on screen (marked skipped in the store) and show the next one."""

@@ -214,7 +214,9 @@ class RolloutReviewer(ImagePanel):
             self.error = exc
             self.status = f"submit failed: {type(exc).__name__}: {exc}"
             raise
-        self.status = f"submitted ({len(self._callbacks)} callback{'' if len(self._callbacks) == 1 else 's'})"
+        unscored = len(self.unscored)
+        self.status = f"submitted ({len(self._callbacks)} callback{'' if len(self._callbacks) == 1 else 's'})" + (
+            f" · {unscored} unscored counted as bad (0)" if unscored else "")
 
     def _on_front_end_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         if isinstance(content, dict) and content.get("type") == "submit":

@@ -120,4 +120,7 @@ def test_rollouts_without_rewards_are_unscored_until_someone_scores_them(respons
     assert rv.unscored == list(range(len(bare["rollouts"])))  # shown as "–", not "✗ 0.00"
     rv.rewards = [1.0] + [0.0] * (len(bare["rollouts"]) - 1)
     assert rv.unscored == list(range(1, len(bare["rollouts"])))
+    rv.on_submit(lambda r: None)
+    rv.submit()  # a person is told the rows left at "–" were sent as bad ones
+    assert rv.status == f"submitted (1 callback) · {len(bare['rollouts']) - 1} unscored counted as bad (0)"
     assert RolloutReviewer(responses["detect"]).unscored == []  # the server scored them
