@@ -89,7 +89,12 @@ class Server:
     def __init__(self, config: Config):
         self.config = config
         self.keys = [(k.encode("utf-8", "surrogateescape"), owner_of(k)) for k in config.api_keys]
-        self.heavy = ThreadPoolExecutor(max_workers=max(2, config.threads * 2), thread_name_prefix="moondream-model")
+        # Every torch call runs on this one thread, the model's load included. Two threads running
+        # torch each get an OpenMP team, and one team's spinning workers starve the other's on a
+        # small machine: an SFT step took 270 ms on the thread that loaded the model and 450 ms on
+        # any other, also on the first once a second had run one (benchmarks/server_speed.py).
+        # On 2 cores two concurrent steps were no faster than two in a row anyway.
+        self.heavy = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moondream-model")
         self.light = ThreadPoolExecutor(max_workers=LIGHT_WORKERS, thread_name_prefix="moondream-store")
         self.pending = 0
         self.service: Any = None
@@ -105,15 +110,19 @@ class Server:
         from .service import Service
         from .store import Store
 
-        torch.set_num_threads(self.config.threads)
+        def load() -> Engine:
+            torch.set_num_threads(self.config.threads)
+            return Engine()
+
         data = Path(self.config.data_dir)
         data.mkdir(parents=True, exist_ok=True)
-        engine = Engine()
+        engine = self.heavy.submit(load).result()  # on the model thread: see __init__
         self.store = Store(data / "moondream.sqlite3")
         registry = Registry(engine, self.store, data / "finetunes")
         registry.sweep(self.store.live_finetune_ids())
         self.service = Service(engine, self.store, registry)
-        self.batches = Batches(self.service, self.store, data / "batches")
+        self.batches = Batches(self.service, self.store, data / "batches",
+                               on_model_thread=lambda fn: self.heavy.submit(fn).result())
         self.batches.start()
 
     def stop(self) -> None:

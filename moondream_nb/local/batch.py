@@ -17,7 +17,7 @@ import shutil
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .. import protocol
 from ..errors import ValidationError
@@ -52,8 +52,10 @@ class BatchError(Exception):
 class Batches:
     """Uploads, status and the background worker that runs batch lines through the service."""
 
-    def __init__(self, service: Service, store: Store, root: Path):
+    def __init__(self, service: Service, store: Store, root: Path,
+                 on_model_thread: Callable[[Callable[[], Any]], Any] = lambda fn: fn()):
         self.service = service
+        self._on_model_thread = on_model_thread  # the server's one torch thread (app.Server.heavy)
         self.store = store
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -124,7 +126,7 @@ class Batches:
         model = body.get("model")
         if model is not None:
             protocol.check_model(model, "model")
-            self.service.adapter_for(owner, model)  # fail now, not hours later
+            self._on_model_thread(lambda: self.service.adapter_for(owner, model))  # fail now, not hours later
         directory = self._dir(file_id)
         files, last = [], 0
         for i, part in enumerate(parts):
@@ -237,7 +239,7 @@ class Batches:
         directory = self._dir(batch_id)
         lines = self._lines(directory / "input.jsonl")
         try:
-            adapter = self.service.adapter_for(row["owner"], row["model"])
+            adapter = self._on_model_thread(lambda: self.service.adapter_for(row["owner"], row["model"]))
         except (Problem, ValidationError) as exc:
             raise BatchError("invalid_model", str(exc)) from None
         self.store.update_batch(batch_id, status="processing", total=len(lines), completed=0, failed=0,
@@ -273,7 +275,7 @@ class Batches:
             skill = line["skill"]
             body = self._body(line, index)
             self.service.engine.check_fits(dict(body, skill=skill), f"lines[{index}]")
-            result = self.service.engine.infer(skill, body, adapter)
+            result = self._on_model_thread(lambda: self.service.engine.infer(skill, body, adapter))
         except ValidationError as exc:
             code = "unknown_skill" if (exc.param or "").endswith(".skill") else "invalid_request"
             return {**out, "status": "error", "error": {"code": code, "message": str(exc)}}
