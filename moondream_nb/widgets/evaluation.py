@@ -13,6 +13,7 @@ from typing import Any
 import ipywidgets
 import traitlets as t
 
+from ..evaluation.result import DEFAULT_METRIC
 from ._base import ImageData, Panel, esm
 from ._image import display_bytes
 from ._shapes import color_of, output_cell, truth_compact
@@ -74,7 +75,7 @@ class EvaluationPanel(Panel):
         table = [{"name": name, "digits": digits, "values": [_plain(summary[m].get(col)) for m in labels]}
                  for col, name, digits in _TABLE[ev.skill]]
         curves = {m: ev.pr_curve(m)[1] for m in labels} if ev.skill == "detect" else {}
-        metric = ev._metric(None)
+        metric = DEFAULT_METRIC[ev.skill]
         self._images: dict[int, ImageData] = {}
         self._sizes: dict[int, list[int]] = {}
         super().__init__(skill=ev.skill, models=[{"label": m, "color": color_of(k)} for k, m in enumerate(labels)],
