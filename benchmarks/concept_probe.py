@@ -18,7 +18,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from moondream_nb.data import scenes as sc
+from moondream_nb import scenes as sc
 from moondream_nb.local import tokenizer as tk
 from moondream_nb.local.model import VLM, Config, colour_code, preprocess
 from moondream_nb.local.weights import BASE, load_base_into, read_meta

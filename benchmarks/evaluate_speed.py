@@ -21,7 +21,7 @@ import time
 
 import moondream_nb as md
 from moondream_nb.data import Dataset, Label
-from moondream_nb.data.scenes import make_scene
+from moondream_nb.scenes import make_scene
 from moondream_nb.local import serve
 
 

@@ -17,7 +17,7 @@ import statistics
 
 import torch
 
-from moondream_nb.data import scenes as sc
+from moondream_nb import scenes as sc
 from moondream_nb.local import learning as L
 from moondream_nb.local.engine import Engine
 from moondream_nb.rewards import reward

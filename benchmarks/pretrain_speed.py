@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from moondream_nb.data import scenes as sc
+from moondream_nb import scenes as sc
 from moondream_nb.local.model import VLM, Config
 from moondream_nb.local.pretrain import joint_losses, make_batch
 

@@ -29,7 +29,7 @@ from tests.widgets.lab import CHROMIUM, CHROMIUM_ARGS, Lab, require_chromium, st
 
 SETUP = """\
 import random, time
-from moondream_nb.data.scenes import make_scene
+from moondream_nb.scenes import make_scene
 from moondream_nb.widgets import ImageCanvas, RolloutReviewer
 from moondream_nb.client.images import ImageEncoder
 scene = make_scene(3, size=(2048, 1536), n_objects=6, background="noise")

@@ -20,7 +20,7 @@ import time
 
 def demo(steps: int, seed: int) -> int:
     """Run the built-in model in process: base outputs, then RL on "point at the star"."""
-    from .data import scenes as sc
+    from . import scenes as sc
     from .local import learning as L
     from .local.engine import Engine
 

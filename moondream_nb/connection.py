@@ -75,7 +75,8 @@ class Connection:
         return f"Connection({where}, endpoint={self.endpoint!r}, api_key={'***' if self._api_key else None})"
 
 
-def connect(*, local: bool | None = None, data_dir: str | os.PathLike | None = None) -> Connection:
+def connect(*, local: bool | None = None, data_dir: str | os.PathLike | None = None, server: Any = None,
+            **serve_options: Any) -> Connection:
     """Connect to Moondream: the configured endpoint, or a freshly started local server.
 
     Args:
@@ -84,14 +85,22 @@ def connect(*, local: bool | None = None, data_dir: str | os.PathLike | None = N
             server. False: never (raise if no key is configured).
         data_dir: the local server's data directory (default ``$MOONDREAM_NB_DATA_DIR``, else a
             temporary one removed when the connection stops).
+        server: a running :class:`~moondream_nb.local.LocalServer` (from
+            ``moondream_nb.local.serve()``) to connect to instead; ``.stop()`` stops it.
+        **serve_options: passed to ``moondream_nb.local.serve`` when a server is started
+            (``latency="cloud"``, ``rate_limit="2/s"``, ``threads``, ...).
 
     Returns:
         A :class:`Connection`.
 
     Raises:
-        ValueError: ``local=False`` and no key is configured.
+        ValueError: ``local=False`` and no key is configured, or ``server`` with ``local=False``.
         RuntimeError: the local server did not start (its log tail is in the message).
     """
+    if server is not None:
+        if local is False:
+            raise ValueError("server: a local server cannot be used with local=False")
+        return Connection(server.api_key, server.inference_endpoint, server)
     key = resolve_api_key(None)
     if local is False or (local is None and key):
         if not key:
@@ -99,5 +108,5 @@ def connect(*, local: bool | None = None, data_dir: str | os.PathLike | None = N
         return Connection(key, resolve_api_base(None))
     from .local import serve  # the "local" extra; imported only when a server is started
 
-    server = serve(data_dir=data_dir or os.environ.get(DATA_DIR_ENV) or None)
+    server = serve(data_dir=data_dir or os.environ.get(DATA_DIR_ENV) or None, **serve_options)
     return Connection(server.api_key, server.inference_endpoint, server)

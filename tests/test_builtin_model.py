@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from moondream_nb.data import scenes as sc
+from moondream_nb import scenes as sc
 from moondream_nb.local import learning as L
 from moondream_nb.local.engine import Engine, ImageError, decode_image
 from moondream_nb.local.model import preprocess

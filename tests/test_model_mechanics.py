@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from moondream_nb.data import scenes as sc
+from moondream_nb import scenes as sc
 from moondream_nb.local import tokenizer as tk
 from moondream_nb.local.model import VLM, Adapter, Config, colour_code, preprocess
 from moondream_nb.local.sampler import Row, generate

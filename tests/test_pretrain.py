@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from moondream_nb.data import scenes as sc
+from moondream_nb import scenes as sc
 from moondream_nb.local import learning as L
 from moondream_nb.local import tokenizer as tk
 from moondream_nb.local.engine import Engine

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from moondream_nb.data import scenes as sc
+from moondream_nb import scenes as sc
 
 
 def test_same_seed_same_scene():

@@ -12,7 +12,7 @@ import random
 from typing import Sequence
 
 from ..errors import ValidationError
-from . import scenes as sc
+from .. import scenes as sc
 from .dataset import Dataset, Item
 from .labels import Label
 

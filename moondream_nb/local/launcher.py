@@ -1,8 +1,12 @@
 """``serve()``: start the local server as a subprocess from Python or a notebook.
 
     with moondream_nb.local.serve() as server:
-        ft = server.ft(name="bolts", rank=8)
+        conn = moondream_nb.connect(server=server)
+        ft = conn.ft(name="bolts", rank=8)
         ...
+
+A server handle holds facts (endpoint, key, data dir, process), never clients: ``local/`` does not
+import the client, and :func:`moondream_nb.connect` is the one place that turns facts into clients.
 
 The child runs ``python -m moondream_nb.cli serve --port 0``; its key travels by environment,
 never on the command line. The server stops with ``.stop()``, at the end of a ``with`` block, or
@@ -52,22 +56,6 @@ class LocalServer:
     @property
     def log_path(self) -> Path:
         return self.data_dir / LOG_NAME
-
-    def ft(self, **kwargs: Any):
-        """``moondream_nb.ft`` against this server (``name``/``rank`` or ``finetune_id``, ...)."""
-        import moondream_nb
-
-        kwargs.setdefault("api_key", self.api_key)
-        kwargs.setdefault("endpoint", self.endpoint)
-        return moondream_nb.ft(**kwargs)
-
-    def vl(self, **kwargs: Any):
-        """``moondream_nb.vl`` against this server (``model=ft.model(step)`` for a checkpoint)."""
-        import moondream_nb
-
-        kwargs.setdefault("api_key", self.api_key)
-        kwargs.setdefault("endpoint", self.inference_endpoint)
-        return moondream_nb.vl(**kwargs)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its data dir if ``serve`` made it."""

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..data import scenes as sc
+from .. import scenes as sc
 from ..rewards import reward
 from .engine import Engine
 from .model import Adapter

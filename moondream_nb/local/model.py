@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import scenes as sc
+from .. import scenes as sc
 from . import tokenizer as tk
 
 N_SHAPE_CLASSES = len(sc.PRETRAINING_SHAPES) + 1  # every shape pretraining may draw + "none"

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data import scenes as sc
+from .. import scenes as sc
 from ..rewards import detect_reward, point_reward
 from . import tokenizer as tk
 from .model import VLM, Config, Memory, preprocess

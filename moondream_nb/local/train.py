@@ -18,7 +18,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..data import scenes as sc
+from .. import scenes as sc
 from . import tokenizer as tk
 from .model import VLM, Adapter, Memory
 from .sampler import Row, generate

@@ -9,7 +9,7 @@ import pytest
 
 from moondream_nb import ImageEncoder, ValidationError, protocol
 from moondream_nb.data import Dataset, Label, demo_dataset, sft_groups
-from moondream_nb.data import scenes as sc
+from moondream_nb import scenes as sc
 from moondream_nb.rewards import reward
 
 from .conftest import solid

@@ -11,6 +11,7 @@ import nbclient
 import nbformat
 import pytest
 import requests
+from moondream_nb import connect
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("*.ipynb"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "tests" / "artifacts" / "notebooks"
@@ -80,7 +81,7 @@ def test_quickstart_with_a_key_uses_that_endpoint_and_never_shows_the_key(monkey
         nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                 resources={"metadata": {"path": str(tmp_path)}}).execute()
         listing = requests.get(f"{remote.endpoint}/finetunes", headers={"X-Moondream-Auth": key}, timeout=10).json()
-        checkpoints = remote.ft(name="quickstart-star", rank=8).list_checkpoints()["checkpoints"]
+        checkpoints = connect(server=remote).ft(name="quickstart-star", rank=8).list_checkpoints()["checkpoints"]
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     text = "".join(str(o.get("text", "")) + str(o.get("data", {})) for o in outputs)
     assert key not in text and "k3yk3y" not in text  # nor any long piece of it
@@ -111,7 +112,7 @@ def test_human_in_the_loop_notebook_against_a_cloud_like_service(monkeypatch, tm
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, ARTIFACTS / "03_human_in_the_loop_rl.cloud.ipynb")
         took = time.monotonic() - started
-        ft = remote.ft(name="hitl-star", rank=8)
+        ft = connect(server=remote).ft(name="hitl-star", rank=8)
         steps = requests.get(f"{remote.endpoint}/finetunes/{ft.finetune_id}/steps?limit=100",
                              headers={"X-Moondream-Auth": key}, timeout=30).json()["steps"]
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]

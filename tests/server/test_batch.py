@@ -7,12 +7,13 @@ import pytest
 import moondream_nb as md
 
 from .conftest import Api, item, pil
+from moondream_nb import connect
 
 
 def test_batch_runs_every_skill_and_reports_line_errors(server):
     request, _ = item(61)
     image = pil(request["image_url"])
-    vl = server.vl()
+    vl = connect(server=server).vl()
     lines = [
         {"id": "c", "skill": "caption", "image": image, "length": "short"},
         {"id": "q", "skill": "query", "image": image, "question": "How many shapes?"},
@@ -38,10 +39,10 @@ def test_batch_runs_every_skill_and_reports_line_errors(server):
 def test_batch_with_a_checkpoint_and_with_a_missing_one(server):
     request, gt = item(62)
     image = pil(request["image_url"])
-    ft = server.ft(name="batch-model", rank=8)
+    ft = connect(server=server).ft(name="batch-model", rank=8)
     ft.train_step([{"mode": "sft", "request": {"skill": "point", "image": image, "object": "star"}, "target": gt}])
     ft.save_checkpoint()
-    vl = server.vl(model=ft.model(1))
+    vl = connect(server=server).vl(model=ft.model(1))
     status = vl.batch([{"skill": "point", "image": image, "object": "star"}]).wait(poll_interval=0.2, timeout=60)
     assert status["model"] == ft.model(1) and status["progress"]["completed"] == 1
     with pytest.raises(md.NotFoundError):
@@ -67,7 +68,7 @@ def test_batch_upload_rules(server, other):
               params={"action": "mpu-complete", "uploadId": upload_id})
     done = api.ok("POST", path, {"parts": [part]}, params={"action": "mpu-complete", "uploadId": upload_id})
     assert done == {"id": file_id, "status": "chunking", "size": 2}
-    batch = server.vl().get_batch(file_id)
+    batch = connect(server=server).vl().get_batch(file_id)
     with pytest.raises(md.MoondreamError) as exc:  # blank lines are a batch-level validation error
         batch.wait(poll_interval=0.2, timeout=30)
     assert exc.value.code == "validation_error"

@@ -12,6 +12,7 @@ import pytest
 from moondream_nb.client.pacing import forget_all
 from moondream_nb.data import demo_dataset
 from moondream_nb.local import serve
+from moondream_nb import connect
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def _count_answers(transport, into: Counter):
 
 def test_a_stream_under_the_limit_meets_almost_no_429(limited):
     forget_all()
-    ft = limited.ft(name="paced", rank=8)
+    ft = connect(server=limited).ft(name="paced", rank=8)
     data = demo_dataset(16, seed=11, concepts=["star"])
     requests = [(i, dict(it.labels_for("point")[0].request(it.image), num_rollouts=2)) for i, it in enumerate(data)]
     time.sleep(1.2)  # the creation call's token back
@@ -56,8 +57,8 @@ def test_a_stream_under_the_limit_meets_almost_no_429(limited):
 
 def test_every_client_of_one_key_shares_the_pace(limited):
     forget_all()
-    ft = limited.ft(name="shared", rank=8)
-    vl = limited.vl()
+    ft = connect(server=limited).ft(name="shared", rank=8)
+    vl = connect(server=limited).vl()
     assert vl._transport.pacer is ft._transport.pacer  # same origin, same key: one account, one pace
     item = demo_dataset(1, seed=12, concepts=["star"])[0]
     statuses: Counter = Counter()

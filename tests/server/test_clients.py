@@ -10,6 +10,7 @@ import pytest
 import moondream_nb as md
 
 from .conftest import item, pil
+from moondream_nb import connect
 
 
 def test_official_client_whole_ft_flow(server):
@@ -59,7 +60,7 @@ def test_official_client_whole_ft_flow(server):
 def test_our_client_through_the_serve_handle(server):
     request, gt = item(52)
     image = pil(request["image_url"])
-    ft = server.ft(name="ours", rank=8)
+    ft = connect(server=server).ft(name="ours", rank=8)
     resp = ft.rollouts("point", image=image, object="star", num_rollouts=4, ground_truth=gt)
     step = ft.train_step([{"mode": "rl", "request": resp["request"], "rollouts": resp["rollouts"],
                            "rewards": [1.0, 0.0, 0.0, 0.0]}])
@@ -72,8 +73,8 @@ def test_our_client_through_the_serve_handle(server):
     with pytest.raises(md.NotFoundError):
         vl.point(image, "star", model=ft.model(7))
     with pytest.raises(md.ConflictError):
-        server.ft(name="ours", rank=16)
+        connect(server=server).ft(name="ours", rank=16)
     with pytest.raises(md.ValidationError) as exc:
-        server.vl(max_retries=0)._transport.json("POST", "/point", {"image_url": request["image_url"]})
+        connect(server=server).vl(max_retries=0)._transport.json("POST", "/point", {"image_url": request["image_url"]})
     assert exc.value.param == "object"  # the server's own 400, parsed by our client
     ft.delete()

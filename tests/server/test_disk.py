@@ -18,6 +18,7 @@ import pytest
 from moondream_nb.local import serve
 
 from .conftest import Api, item
+from moondream_nb import connect
 
 T = "/v1/tuning"
 
@@ -183,7 +184,7 @@ def test_a_non_loopback_bind_warns(tmp_path):
 def test_disk_per_finetune_is_bounded_by_its_checkpoints(tmp_path):
     """Only the latest step and each saved checkpoint keep a file (300 steps of one rank-8
     finetune once took 642 MiB); deleting a checkpoint frees its file; a restart keeps the rule."""
-    from moondream_nb.data.scenes import make_scene
+    from moondream_nb.scenes import make_scene
 
     scene = make_scene(3, size=(160, 120), n_objects=2)
     group = {"mode": "sft", "request": {"skill": "point", "image": scene.image, "object": scene.objects[0].shape},
@@ -194,7 +195,7 @@ def test_disk_per_finetune_is_bounded_by_its_checkpoints(tmp_path):
 
     key = "md-local-bounded-disk-test-key-0123"
     with serve(data_dir=tmp_path / "data", threads=1, api_key=key) as srv:
-        ft = srv.ft(name="bounded", rank=8)
+        ft = connect(server=srv).ft(name="bounded", rank=8)
         for k in range(1, 13):
             ft.train_step([group])
             if k in (4, 8):
@@ -203,7 +204,7 @@ def test_disk_per_finetune_is_bounded_by_its_checkpoints(tmp_path):
         ft.delete_checkpoint(4)
         assert steps_on_disk() == [8, 12]
     with serve(data_dir=tmp_path / "data", threads=1, api_key=key) as srv:
-        ft = srv.ft(finetune_id=ft.finetune_id)
+        ft = connect(server=srv).ft(finetune_id=ft.finetune_id)
         ft.train_step([group])
         assert steps_on_disk() == [8, 13]
         assert [c["step"] for c in ft.iter_checkpoints()] == [8]

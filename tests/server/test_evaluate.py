@@ -10,9 +10,10 @@ import pytest
 
 import moondream_nb as md
 from moondream_nb.data import Dataset, Label
-from moondream_nb.data.scenes import make_scene
+from moondream_nb.scenes import make_scene
 from moondream_nb.evaluation import EvalCache
 from moondream_nb.local import serve
+from moondream_nb import connect
 
 FAR = {"x_min": 0.0, "y_min": 0.0, "x_max": 0.02, "y_max": 0.02}  # a truth box nothing predicts
 
@@ -26,12 +27,12 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def world(server):
     """Scenes, the base model's answers on them, and a finetune with two saved checkpoints."""
-    vl = server.vl()
+    vl = connect(server=server).vl()
     scenes = [make_scene(seed, size=(320, 240), n_objects=4) for seed in (2, 4, 0, 1)]
     prompts = [s.objects[0].shape + "s" for s in scenes]
     base = [vl.detect(s.image, p)["objects"] for s, p in zip(scenes, prompts)]
     assert [len(b) for b in base] == [3, 2, 1, 1]  # the seeds were picked for these counts
-    ft = server.ft(name="evaluated", rank=8)
+    ft = connect(server=server).ft(name="evaluated", rank=8)
     for s, p in zip(scenes[:2], prompts[:2]):
         ft.train_step([{"mode": "sft", "request": {"skill": "detect", "image": s.image, "object": p},
                         "target": {"boxes": [o.box_dict for o in s.objects if o.shape + "s" == p]}}])
@@ -150,7 +151,7 @@ def test_bad_arguments_are_refused_before_any_call(world, server):
     with pytest.raises(md.ValidationError, match="^models: must name at least one model"):
         md.evaluate([], ds, "detect")
     with pytest.raises(md.ValidationError, match="^models: finetune 'never-saved' has no saved checkpoint"):
-        md.evaluate(server.ft(name="never-saved", rank=8), ds, "detect")
+        md.evaluate(connect(server=server).ft(name="never-saved", rank=8), ds, "detect")
     ev = md.evaluate(vl, ds, "detect", cache=False)
     with pytest.raises(md.ValidationError, match="^metric: must be one of"):
         ev.worst(metric="accuracy")

@@ -8,10 +8,11 @@ import pytest
 import moondream_nb as md
 
 from .conftest import OTHER_KEY, item
+from moondream_nb import connect
 
 
 def test_pages_every_finetune_and_keys_stay_apart(server):
-    mine = [server.ft(name=f"listed-{i:02d}", rank=8).finetune_id for i in range(23)]
+    mine = [connect(server=server).ft(name=f"listed-{i:02d}", rank=8).finetune_id for i in range(23)]
     theirs = [md.ft(OTHER_KEY, name=f"theirs-{i}", rank=8, endpoint=server.endpoint).finetune_id for i in range(2)]
     first = md.finetunes(server.api_key, endpoint=server.endpoint, limit=10)
     assert len(first["finetunes"]) == 10 and first["has_more"] is True and first["next_cursor"]
@@ -28,7 +29,7 @@ def test_pages_every_finetune_and_keys_stay_apart(server):
 
 
 def test_pick_a_finetune_up_by_name_and_see_them_in_a_frame(server):
-    ft = server.ft(name="come-back-to-me", rank=16)
+    ft = connect(server=server).ft(name="come-back-to-me", rank=16)
     request, gt = item(5)
     group = {"mode": "sft", "request": request, "target": {"points": gt["points"]} if "points" in gt else gt}
     ft.train_step([group])
@@ -36,7 +37,7 @@ def test_pick_a_finetune_up_by_name_and_see_them_in_a_frame(server):
     listing = md.Finetunes(server.api_key, endpoint=server.endpoint)
     found = listing.named("come-back-to-me")
     assert found["finetune_id"] == ft.finetune_id and found["rank"] == 16
-    again = server.ft(finetune_id=found["finetune_id"])  # after a restart: by name, then by id
+    again = connect(server=server).ft(finetune_id=found["finetune_id"])  # after a restart: by name, then by id
     assert again.step == 1
     frame = listing.frame()
     row = frame.loc["come-back-to-me"]

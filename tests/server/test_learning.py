@@ -8,6 +8,7 @@ from moondream_nb.local import learning as L
 from moondream_nb.rewards import reward
 
 from .conftest import Api, item
+from moondream_nb import connect
 
 T = "/v1/tuning"
 STEPS = 16  # as tests/test_builtin_model.py::test_rl_teaches_a_held_out_concept
@@ -30,7 +31,7 @@ def held_out_reward(api: Api, model: str | None) -> float:
 
 
 def test_rl_through_the_api_teaches_an_unseen_concept(server, api):
-    ft = server.ft(name="learn-purple", rank=8)
+    ft = connect(server=server).ft(name="learn-purple", rank=8)
     curve = []
     for step in range(STEPS):
         groups = []

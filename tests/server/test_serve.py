@@ -11,6 +11,7 @@ import requests
 
 from moondream_nb.local import serve
 from moondream_nb.local.runner import KEYS_ENV, READY_PREFIX
+from moondream_nb import connect
 
 START_LIMIT_S = 10.0
 
@@ -24,7 +25,7 @@ def test_serve_answers_quickly_and_stops_cleanly():
         assert srv.endpoint == f"http://127.0.0.1:{srv.port}/v1/tuning"
         assert srv.inference_endpoint == f"http://127.0.0.1:{srv.port}/v1"
         assert srv.api_key not in repr(srv)
-        ft = srv.ft(name="handle", rank=8)
+        ft = connect(server=srv).ft(name="handle", rank=8)
         assert ft.finetune_id and srv.data_dir.is_dir()
     assert not srv.running and not srv.data_dir.exists()  # serve() made the temp dir, stop() removed it
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from moondream_nb import connect
 
 
 @pytest.fixture(scope="session")
@@ -18,4 +19,4 @@ def server():
 def ft(server, request):
     """A fresh finetune per test (named after it), so steps and checkpoints never mix."""
     name = "s-" + "".join(c if c.isalnum() else "-" for c in request.node.name)[-100:]
-    return server.ft(name=name, rank=8)
+    return connect(server=server).ft(name=name, rank=8)

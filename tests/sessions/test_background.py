@@ -22,6 +22,7 @@ from moondream_nb.data import Dataset, LabelStore, demo_dataset
 from moondream_nb.local import serve
 from moondream_nb.sessions import LabelingSession, ReviewSession, UncertainStep
 from moondream_nb.sessions.lookahead import Lookahead
+from moondream_nb import connect
 
 TRAIN_S = 1.5  # the cloud-like train step of these tests (Moondream Cloud: several seconds)
 LATENCY = f"train_step={TRAIN_S},rollouts=0.3,save=0.5,jitter=0"
@@ -35,7 +36,7 @@ def cloudy(tmp_path_factory):
 
 @pytest.fixture
 def ft(cloudy, request):
-    return cloudy.ft(name="bg-" + request.node.name[-90:].replace("[", "-").replace("]", ""), rank=8)
+    return connect(server=cloudy).ft(name="bg-" + request.node.name[-90:].replace("[", "-").replace("]", ""), rank=8)
 
 
 def until(condition, timeout: float = 30.0) -> bool:
@@ -100,7 +101,7 @@ def test_a_failed_step_is_shown_with_retry_and_applies_once_when_retried(tmp_pat
     data_dir = tmp_path / "server"
     srv = serve(data_dir=data_dir, threads=1, latency="train_step=0.5,jitter=0")
     port, key = srv.port, srv.api_key
-    ft = srv.ft(name="retry", rank=8)
+    ft = connect(server=srv).ft(name="retry", rank=8)
     data = unlabelled(demo_dataset(3, seed=42, concepts=["star"]))
     session = ReviewSession(ft, data, skill="point", prompt="star", store=tmp_path / "r.sqlite", num_rollouts=4,
                             group_size=1, metrics=False, auto=False)
@@ -174,7 +175,7 @@ def _crash_mid_step(srv, store_path) -> "md.Finetune":  # noqa: F821
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "started"
-        ft = srv.ft(name="crash", rank=8)
+        ft = connect(server=srv).ft(name="crash", rank=8)
         # the server applied the first step, whose answer is 3 s away: the kernel has not seen it
         seen = []
 
@@ -258,7 +259,7 @@ def test_labeling_enter_when_an_sft_step_is_due_returns_at_once(tmp_path, cloudy
 
 def test_labeling_a_late_model_answer_never_overwrites_the_person(tmp_path):
     with serve(data_dir=tmp_path / "server", threads=1, latency="rollouts=1.0,jitter=0") as srv:
-        ft = srv.ft(name="late", rank=8)
+        ft = connect(server=srv).ft(name="late", rank=8)
         data = demo_dataset(3, seed=46, concepts=["purple"])
         t0 = time.monotonic()
         session = LabelingSession(data, tmp_path / "l.sqlite", "detect", ft=ft)

@@ -15,6 +15,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "sessions"
 SETUP = """\
 from moondream_nb.data import demo_dataset
 from moondream_nb.sessions import LabelingSession
+from moondream_nb import connect
 data = demo_dataset(4, seed=3, concepts=["purple"])
 session = LabelingSession(data, {path!r}, "detect", prefill=False)
 """
@@ -159,7 +160,7 @@ from moondream_nb.data import Dataset
 from moondream_nb.local import serve
 from moondream_nb.sessions import ReviewSession
 server = serve(threads=1, latency="train_step=3,jitter=0")  # a cloud-like train step
-ft = server.ft(name="browser-review", rank=8)
+ft = connect(server=server).ft(name="browser-review", rank=8)
 stars = demo_dataset(6, seed=4, concepts=["star"])
 mixed = Dataset([it if i % 2 == 0 else replace(it, labels=()) for i, it in enumerate(stars)])
 review = ReviewSession(ft, mixed, skill="point", prompt=lambda it: stars[it.image_id].labels_for("point")[0].prompt,

@@ -10,6 +10,7 @@ from moondream_nb.data import LabelStore, demo_dataset
 from moondream_nb.errors import ValidationError
 from moondream_nb.sessions import LabelingSession, auto_default
 from moondream_nb.widgets import TargetEditor
+from moondream_nb import connect
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +133,9 @@ def test_prefill_from_the_finetune_and_from_vl(tmp_path, purple, server, ft):
                                                       num_rollouts=1, settings={"temperature": 0.0}))
     session.close()
 
-    vl_session = LabelingSession(purple, tmp_path / "b.sqlite", "detect", vl=server.vl())
+    vl_session = LabelingSession(purple, tmp_path / "b.sqlite", "detect", vl=connect(server=server).vl())
     expected = {"boxes": [{k: o[k] for k in ("x_min", "y_min", "x_max", "y_max")}
-                          for o in server.vl().detect(item.image, prompt)["objects"]]}
+                          for o in connect(server=server).vl().detect(item.image, prompt)["objects"]]}
     assert until(lambda: vl_session._prefilled is not None) and vl_session.editor.target == expected
 
 

@@ -11,8 +11,9 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 SETUP = """\
 import json, random
-from moondream_nb.data.scenes import make_scene
+from moondream_nb.scenes import make_scene
 from moondream_nb.widgets import *
+from moondream_nb import connect
 scene = make_scene(7, size=(640, 480), n_objects=4)
 """
 
@@ -80,7 +81,7 @@ def server():
 
 @pytest.fixture(scope="session")
 def scene():
-    from moondream_nb.data.scenes import make_scene
+    from moondream_nb.scenes import make_scene
 
     return make_scene(7, size=(640, 480), n_objects=4)
 
@@ -88,7 +89,9 @@ def scene():
 @pytest.fixture(scope="session")
 def responses(server, scene):
     """Real rollouts responses from the local server: detect (with ground truth), point, query."""
-    ft = server.ft(name="widget-units", rank=8)
+    from moondream_nb import connect
+
+    ft = connect(server=server).ft(name="widget-units", rank=8)
     shape = scene.objects[0].shape
     detect = ft.rollouts("detect", image=scene.image, object=shape + "s", num_rollouts=6,
                          ground_truth={"boxes": [o.box_dict for o in scene.objects if o.shape == shape]})

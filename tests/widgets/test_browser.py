@@ -201,9 +201,10 @@ def test_box_mode_draws_over_overlapping_objects_and_keys_edit_the_selection(lab
 def kernel_server(lab):
     """A real ``rollouts`` response from the local server (built-in model) in the kernel: ``resp``."""
     lab.kernel(
+        "from moondream_nb import connect\n"
         "from moondream_nb.local import serve\n"
         "server = serve(threads=1)\n"
-        "ft = server.ft(name='widgets', rank=8)\n"
+        "ft = connect(server=server).ft(name='widgets', rank=8)\n"
         "target = scene.objects[0].shape\n"
         "gt = {'boxes': [o.box_dict for o in scene.objects if o.shape == target]}\n"
         "resp = ft.rollouts('detect', image=scene.image, object=target + 's', num_rollouts=8, ground_truth=gt)\n")

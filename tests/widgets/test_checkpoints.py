@@ -8,20 +8,21 @@ from moondream_nb.errors import ValidationError
 from moondream_nb.rewards import reward
 from moondream_nb.widgets import CheckpointBrowser
 from moondream_nb.widgets.checkpoints import BASE
+from moondream_nb import connect
 
 
 @pytest.fixture(scope="module")
 def trained(server, scene):
     from moondream_nb.widgets import TargetEditor
 
-    ft = server.ft(name="widget-ckpt", rank=8)
+    ft = connect(server=server).ft(name="widget-ckpt", rank=8)
     te = TargetEditor(scene.image, "detect", object="squares", initial={"boxes": [scene.objects[0].box_dict]})
     ft.train_step([te.group()])
     return ft
 
 
 def test_table_run_scores_save_delete(trained, scene):
-    from moondream_nb.data.scenes import make_scene
+    from moondream_nb.scenes import make_scene
 
     images = [scene.image, make_scene(11).image]
     truth = [{"boxes": [scene.objects[0].box_dict]}, {"boxes": []}]

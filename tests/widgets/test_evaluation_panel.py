@@ -10,12 +10,12 @@ import pytest
 SETUP = """\
 import moondream_nb as md
 from moondream_nb.data import Dataset, Label
-from moondream_nb.data.scenes import make_scene
+from moondream_nb.scenes import make_scene
 from moondream_nb.local import serve
 from moondream_nb.widgets import EvaluationPanel
 eval_server = serve(threads=1)
-eft = eval_server.ft(name='evaluation-panel', rank=8)
-evl = eval_server.vl()
+eft = md.connect(server=eval_server).ft(name='evaluation-panel', rank=8)
+evl = md.connect(server=eval_server).vl()
 scenes = [make_scene(seed, size=(320, 240), n_objects=4) for seed in range(6)]
 ids = [f'scene-{i}' for i in range(6)]
 truths = [{'boxes': [o.box_dict for o in s.objects if o.shape == s.objects[0].shape]} for s in scenes]

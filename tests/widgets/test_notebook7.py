@@ -49,9 +49,10 @@ def test_notebook7_canvas_click(notebook7, artifacts):
 def nb7_resp(notebook7):
     """A real ``rollouts`` response from the local server (built-in model) in the kernel: ``resp``."""
     notebook7.kernel(
+        "from moondream_nb import connect\n"
         "from moondream_nb.local import serve\n"
         "server = serve(threads=1)\n"
-        "ft = server.ft(name='widgets-nb7', rank=8)\n"
+        "ft = connect(server=server).ft(name='widgets-nb7', rank=8)\n"
         "target = scene.objects[0].shape\n"
         "gt = {'boxes': [o.box_dict for o in scene.objects if o.shape == target]}\n"
         "resp = ft.rollouts('detect', image=scene.image, object=target + 's', num_rollouts=6, ground_truth=gt)\n")

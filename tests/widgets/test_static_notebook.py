@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 CELLS = [
     """\
-from moondream_nb.data.scenes import make_scene
+from moondream_nb.scenes import make_scene
 from moondream_nb.widgets import ImageCanvas, RolloutReviewer, TargetEditor, MetricsPanel
 scene = make_scene(5, size=(400, 300), n_objects=3)
 boxes = [o.box_dict for o in scene.objects]
