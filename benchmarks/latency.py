@@ -211,7 +211,7 @@ def main() -> None:
         import moondream
 
         theirs = dead_endpoint(lambda: moondream.ft("k" * 20, name="x", rank=8, endpoint=dead))
-        print(f"  official 2.6.1  " + (f"fails after {theirs:.1f} s" if theirs is not None else "still retrying after 30 s"))
+        print("  official 2.6.1  " + (f"fails after {theirs:.1f} s" if theirs is not None else "still retrying after 30 s"))
 
 
 if __name__ == "__main__":

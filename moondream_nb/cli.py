@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_lab(args.port, not args.no_browser, args.dir, args.data_dir)
     if args.command == "serve":
-        from .local.runner import run
+        from .local.server_process import run
 
         return run(args.host, args.port, args.data_dir, args.api_key, args.log_level, args.latency, args.rate_limit)
     return 2

@@ -157,20 +157,30 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
+# The one reading of an HTTP error status on both sides: the client raises the class, the local
+# server answers with the type and code (API.md error bodies). 5xx not listed are ServerError.
+STATUS_ERRORS: dict[int, tuple[type[MoondreamError], str, str]] = {
+    400: (ValidationError, "invalid_request_error", "invalid_request"),
+    401: (AuthenticationError, "authentication_error", "invalid_api_key"),
+    403: (AuthenticationError, "authentication_error", "forbidden"),
+    404: (NotFoundError, "not_found_error", "not_found"),
+    405: (MoondreamError, "invalid_request_error", "method_not_allowed"),
+    408: (MoondreamError, "invalid_request_error", "request_timeout"),
+    409: (ConflictError, "conflict_error", "conflict"),
+    410: (NotFoundError, "not_found_error", "gone"),
+    413: (ValidationError, "invalid_request_error", "too_large"),
+    422: (ValidationError, "invalid_request_error", "invalid_request"),
+    429: (RateLimitError, "rate_limit_error", "server_busy"),
+    500: (ServerError, "server_error", "internal_error"),
+    503: (ServerError, "server_error", "unavailable"),
+    507: (ServerError, "server_error", "insufficient_storage"),
+}
+
+
 def _class_for(status: int) -> type[MoondreamError]:
-    if status in (400, 413, 422):
-        return ValidationError
-    if status in (401, 403):
-        return AuthenticationError
-    if status in (404, 410):
-        return NotFoundError
-    if status == 409:
-        return ConflictError
-    if status == 429:
-        return RateLimitError
-    if 500 <= status <= 599:
-        return ServerError
-    return MoondreamError
+    if status in STATUS_ERRORS:
+        return STATUS_ERRORS[status][0]
+    return ServerError if 500 <= status <= 599 else MoondreamError
 
 
 def _header(headers: Mapping[str, str] | None, *names: str) -> str | None:

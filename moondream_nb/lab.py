@@ -40,7 +40,7 @@ def run_lab(port: int = 8888, open_browser: bool = True, directory: str | os.Pat
             print(f"moondream-nb lab: using ${API_KEY_ENV} with {resolve_api_base(None)}", flush=True)
         else:
             from .local import serve
-            from .local.runner import DEFAULT_DATA_DIR
+            from .local.server_process import DEFAULT_DATA_DIR
 
             server = serve(data_dir=data_dir or DEFAULT_DATA_DIR.expanduser())
             env[API_KEY_ENV], env[ENDPOINT_ENV] = server.api_key, server.inference_endpoint

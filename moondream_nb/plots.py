@@ -11,8 +11,6 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-BOX_KEYS = ("x_min", "y_min", "x_max", "y_max")
-
 
 def _figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
@@ -50,7 +48,7 @@ def draw_shapes(ax: Any, shapes: Sequence[Mapping], size: tuple[int, int], *, co
 
 
 def _image_axes(ax: Any, image: Any) -> tuple[int, int]:
-    from .client.images import to_rgb
+    from .client.image_input import to_rgb
 
     if hasattr(image, "getexif"):
         image = to_rgb(image)  # a PIL image: upright, 8-bit, the picture the model sees

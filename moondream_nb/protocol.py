@@ -7,6 +7,12 @@ receipt), so every function takes WIRE-format data: images are already ``image_u
 e.g. ``request.settings.top_p: must be a number > 0 and <= 1 (got 0)``, and ``.param`` holds
 the path.
 
+The validators of what later layers read (a ``/rollouts`` body, a train step, one group, a
+``rollouts`` response) hand back a small frozen *view* of it: the skill request already unwrapped,
+each rollout's output, the rewards, the SFT target and where each sits in the body, so no later
+layer unwraps or re-checks the wire dict. The wire dicts themselves stay plain (the public API and
+the official client's shapes); a view refers to them, never copies them.
+
 Decisions where the published protocol is silent (API.md Part A): unknown top-level fields of
 skill requests and inference bodies are ignored (forward compatibility, echoed requests);
 unknown keys of ``settings``, ground truth and SFT targets are errors (they are typos). Empty
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .errors import ValidationError
@@ -45,6 +52,9 @@ ROLLOUT_METADATA = ("answer_tokens", "thinking_tokens", "coords", "sizes")
 SETTINGS_KEYS = ("temperature", "top_p", "max_tokens", "max_objects")
 BATCH_SETTINGS_KEYS = ("temperature", "top_p", "max_tokens")
 GROUP_MODES = ("rl", "sft")
+POINT_KEYS = ("x", "y")
+BOX_KEYS = ("x_min", "y_min", "x_max", "y_max")
+TOO_LARGE = "too_large"  # the error code of an image over MAX_IMAGE_BYTES (the server answers 413)
 
 _NAME_RE = re.compile(NAME_PATTERN)
 _METRIC_RE = re.compile(METRIC_NAME_PATTERN)
@@ -55,12 +65,12 @@ REQUIRED, OPTIONAL = "required", "optional"
 # --- primitives -------------------------------------------------------------------------
 
 
-def fail(path: str, rule: str, got: Any = _MISSING) -> None:
+def fail(path: str, rule: str, got: Any = _MISSING, *, code: str | None = None) -> None:
     """Raise the ValidationError for ``path`` breaking ``rule`` (optionally showing the value)."""
     message = f"{path}: {rule}" if path else rule
     if got is not _MISSING:
         message += f" (got {_show(got)})"
-    raise ValidationError(message, param=path or None)
+    raise ValidationError(message, param=path or None, code=code)
 
 
 class _Said(str):
@@ -183,7 +193,8 @@ def check_base64(value: Any, path: str) -> str:
 def _check_image_size(b64_chars: int, path: str) -> None:
     size = b64_chars * 3 // 4
     if size > MAX_IMAGE_BYTES:
-        fail(path, f"image must be at most {MAX_IMAGE_BYTES // 2**20} MB encoded", _Said(f"{size / 2**20:.1f} MB"))
+        fail(path, f"image must be at most {MAX_IMAGE_BYTES // 2**20} MB encoded", _Said(f"{size / 2**20:.1f} MB"),
+             code=TOO_LARGE)
 
 
 def check_model(value: Any, path: str) -> str:
@@ -196,7 +207,7 @@ def check_unit(value: Any, path: str) -> float:
 
 def check_point(value: Any, path: str) -> None:
     check_dict(value, path)
-    for key in ("x", "y"):
+    for key in POINT_KEYS:
         if key not in value:
             fail(join(path, key), "required")
         check_unit(value[key], join(path, key))
@@ -204,7 +215,7 @@ def check_point(value: Any, path: str) -> None:
 
 def check_box(value: Any, path: str) -> None:
     check_dict(value, path)
-    for key in ("x_min", "y_min", "x_max", "y_max"):
+    for key in BOX_KEYS:
         if key not in value:
             fail(join(path, key), "required")
         check_unit(value[key], join(path, key))
@@ -223,6 +234,47 @@ def check_spatial_refs(value: Any, path: str) -> None:
             check_unit(v, join(where, j))
         if len(ref) == 4 and (ref[0] > ref[2] or ref[1] > ref[3]):
             fail(where, "min must be <= max for both axes", list(ref))
+
+
+# --- what every layer reads the same way ----------------------------------------------
+
+
+def is_rollouts_body(request: Any) -> bool:
+    """True when a group's or response's ``request`` is a whole ``/rollouts`` body (what some
+    callers echo) rather than the skill request itself."""
+    return isinstance(request, Mapping) and "skill" not in request and isinstance(request.get("request"), Mapping)
+
+
+def skill_request_of(request: Any) -> Any:
+    """The skill request in a group's or response's ``request``: itself, or the inner ``request``
+    of a whole ``/rollouts`` body. Anything else is returned unchanged (validators report it)."""
+    return request["request"] if is_rollouts_body(request) else request
+
+
+def replace_skill_request(request: Mapping[str, Any], change: Callable[[dict], dict]) -> dict:
+    """A copy of a group's ``request`` whose skill request is ``change(copy of it)``, wherever it
+    sits (itself, or inside a whole ``/rollouts`` body): used to strip, restore or encode images."""
+    if is_rollouts_body(request):
+        return {**request, "request": change(dict(request["request"]))}
+    return change(dict(request))
+
+
+def output_target(skill: str, output: Mapping[str, Any], *, reasoning: bool | None = None) -> dict:
+    """A rollout's or inference call's ``output`` as an SFT target (or ground truth) of ``skill``:
+    detect ``objects`` → ``boxes`` (box keys only), point ``points``, query ``answer``.
+
+    ``reasoning`` (query): True gives the target a ``reasoning`` ``{"text"}`` ("" when the output
+    has none), False leaves it out, None copies what the output has.
+    """
+    if skill == "detect":
+        return {"boxes": [{k: o[k] for k in BOX_KEYS} for o in output.get("objects") or []]}
+    if skill == "point":
+        return {"points": [{k: p[k] for k in POINT_KEYS} for p in output.get("points") or []]}
+    target: dict[str, Any] = {"answer": output.get("answer") or ""}
+    given = output.get("reasoning") if isinstance(output.get("reasoning"), Mapping) else None
+    if reasoning or (reasoning is None and given is not None):
+        target["reasoning"] = {"text": (given or {}).get("text") or ""}
+    return target
 
 
 # --- settings ---------------------------------------------------------------------------
@@ -286,14 +338,15 @@ _BATCH_FIELDS = {
 
 
 def _check_fields(body: dict, kind: str, family: Mapping[str, Mapping[str, str]], path: str,
-                  what: str) -> None:
-    """Check every known field of ``body`` against ``family[kind]``; unknown fields are ignored."""
+                  what: str, *, imageless: bool = False) -> None:
+    """Check every known field of ``body`` against ``family[kind]``; unknown fields are ignored.
+    ``imageless``: the image was stripped (a stored request), so it is not required."""
     table = family[kind]
     for field, rule in _FIELD_RULES.items():
         value = body.get(field)
         where = join(path, field)
         if value is None:
-            if table.get(field) == REQUIRED:
+            if table.get(field) == REQUIRED and not (imageless and field == "image_url"):
                 fail(where, f"required for {what}")
             continue
         if field not in table:
@@ -306,7 +359,8 @@ def _check_fields(body: dict, kind: str, family: Mapping[str, Mapping[str, str]]
             validate_settings(value, where, keys=BATCH_SETTINGS_KEYS)
         else:
             rule(value, where)
-    if body.get("spatial_refs") is not None and "image_url" in table and body.get("image_url") is None:
+    if (body.get("spatial_refs") is not None and "image_url" in table and body.get("image_url") is None
+            and not imageless):
         fail(join(path, "spatial_refs"), "needs an image (coordinates are relative to it)")
 
 
@@ -331,11 +385,12 @@ def validate_finetune_id(value: Any, path: str = "finetune_id") -> str:
     return check_text(value, path, max_len=128)
 
 
-def validate_skill_request(req: Any, path: str = "request") -> dict:
-    """A skill request (``/rollouts`` ``request``, train-step group ``request``), wire format."""
+def validate_skill_request(req: Any, path: str = "request", *, imageless: bool = False) -> dict:
+    """A skill request (``/rollouts`` ``request``, train-step group ``request``), wire format.
+    ``imageless``: its image was stripped for storage (it is not required)."""
     check_dict(req, path)
     skill = _check_skill(req.get("skill"), join(path, "skill"))
-    _check_fields(req, skill, _SKILL_REQUEST_FIELDS, path, f"skill '{skill}'")
+    _check_fields(req, skill, _SKILL_REQUEST_FIELDS, path, f"skill '{skill}'", imageless=imageless)
     return req
 
 
@@ -429,53 +484,105 @@ def check_rollout_metadata(rollout: dict, path: str) -> None:
         check_bool(rollout["has_answer_separator"], join(path, "has_answer_separator"))
 
 
-def validate_rollouts_body(body: Any, path: str = "", *, require_finetune_id: bool = True) -> dict:
+@dataclass(frozen=True)
+class RolloutsView:
+    """What a valid ``/rollouts`` body says (``request`` is the skill request dict of the body)."""
+
+    finetune_id: str | None
+    num_rollouts: int
+    request: Mapping[str, Any]
+    ground_truth: Mapping[str, Any] | None
+
+    @property
+    def skill(self) -> str:
+        return self.request["skill"]
+
+
+def validate_rollouts_body(body: Any, path: str = "", *, require_finetune_id: bool = True,
+                           imageless: bool = False) -> RolloutsView:
     """A ``POST /rollouts`` body: finetune_id, num_rollouts 1-16, request, optional ground_truth."""
     check_dict(body, path or "body")
     if require_finetune_id:
         validate_finetune_id(body.get("finetune_id"), join(path, "finetune_id"))
     check_int(body.get("num_rollouts"), join(path, "num_rollouts"), MIN_ROLLOUTS, MAX_ROLLOUTS)
-    req = validate_skill_request(body.get("request"), join(path, "request"))
+    req = validate_skill_request(body.get("request"), join(path, "request"), imageless=imageless)
     if body.get("ground_truth") is not None:
         validate_ground_truth(req["skill"], body["ground_truth"], join(path, "ground_truth"))
-    return body
+    return RolloutsView(body.get("finetune_id"), body["num_rollouts"], req, body.get("ground_truth"))
 
 
-def _group_request(group: dict, path: str) -> dict:
-    """The skill request of a group: the echoed skill request or a full /rollouts body."""
+@dataclass(frozen=True)
+class GroupView:
+    """What one valid train-step group says, with the paths of its parts for error messages.
+
+    ``request`` is the skill request (the inner one when the group echoes a whole ``/rollouts``
+    body); ``outputs`` and ``rewards`` (rl) are per rollout; ``target`` (sft) is ``target`` or the
+    legacy ``targets[0]``.
+    """
+
+    path: str
+    mode: str
+    request: Mapping[str, Any]
+    request_path: str
+    outputs: tuple = ()
+    rewards: tuple = ()
+    target: Mapping[str, Any] | None = None
+    target_path: str = ""
+
+    @property
+    def skill(self) -> str:
+        return self.request["skill"]
+
+    @property
+    def reasoning(self) -> bool:
+        return self.skill == "query" and self.request.get("reasoning") is True
+
+    def output_path(self, i: int) -> str:
+        return f"{self.path}.rollouts[{i}].output"
+
+
+def _group_request(group: dict, path: str, imageless: bool) -> tuple[dict, str]:
+    """The skill request of a group and its path: the echoed skill request or a full /rollouts body."""
     req = group.get("request")
     where = join(path, "request")
     if req is None:
         fail(where, "required")
     check_dict(req, where)
-    if group.get("mode") == "rl" and "skill" not in req and isinstance(req.get("request"), dict):
-        validate_rollouts_body(req, where, require_finetune_id=False)
-        return req["request"]
-    return validate_skill_request(req, where)
+    if group.get("mode") == "rl" and is_rollouts_body(req):
+        body = validate_rollouts_body(req, where, require_finetune_id=False, imageless=imageless)
+        return body.request, join(where, "request")
+    return validate_skill_request(req, where, imageless=imageless), where
 
 
-def _check_rl(group: dict, skill: str, path: str) -> None:
-    rollouts = check_list(group.get("rollouts"), join(path, "rollouts"), min_len=1, max_len=MAX_GROUP_ROLLOUTS)
+def check_rewards(rewards: Any, n: int, path: str = "rewards") -> list[float]:
+    """``n`` finite numbers (one per rollout) as floats; raises ValidationError naming ``path[i]``."""
+    if rewards is None:
+        fail(path, "required (one per rollout)")
+    rewards = check_list(rewards, path)
+    if len(rewards) != n:
+        fail(path, f"expected {n} rewards, one per rollout", len(rewards))
+    for i, reward in enumerate(rewards):
+        if not is_number(reward):
+            fail(join(path, i), "must be a finite number", reward)
+    return [float(r) for r in rewards]
+
+
+def _check_rollouts(rollouts: Any, skill: str, path: str) -> tuple:
+    """Rollouts of ``skill`` (pass them back unchanged) → their outputs."""
+    rollouts = check_list(rollouts, path, min_len=1, max_len=MAX_GROUP_ROLLOUTS)
+    outputs = []
     for i, rollout in enumerate(rollouts):
-        where = join(join(path, "rollouts"), i)
+        where = join(path, i)
         check_dict(rollout, where)
         if rollout.get("skill") not in (None, skill):
             fail(join(where, "skill"), f"must match the request's skill '{skill}'", rollout["skill"])
         check_output(skill, rollout.get("output"), join(where, "output"))
         check_rollout_metadata(rollout, where)
-    where = join(path, "rewards")
-    rewards = group.get("rewards")
-    if rewards is None:
-        fail(where, "required for an rl group (one per rollout)")
-    rewards = check_list(rewards, where)
-    if len(rewards) != len(rollouts):
-        fail(where, f"expected {len(rollouts)} rewards, one per rollout", len(rewards))
-    for i, reward in enumerate(rewards):
-        if not is_number(reward):
-            fail(join(where, i), "must be a finite number", reward)
+        outputs.append(rollout["output"])
+    return tuple(outputs)
 
 
-def _check_sft(group: dict, req: dict, path: str) -> None:
+def _check_sft(group: dict, req: dict, path: str) -> tuple[dict, str]:
     has_target, has_targets = group.get("target") is not None, group.get("targets") is not None
     if has_target == has_targets:
         fail(join(path, "target"), "an sft group needs exactly one of target or targets (legacy)")
@@ -485,13 +592,15 @@ def _check_sft(group: dict, req: dict, path: str) -> None:
         targets = check_list(group["targets"], join(path, "targets"), min_len=1, max_len=1)
         target, where = targets[0], join(join(path, "targets"), 0)
     validate_target(req["skill"], target, where, reasoning=req.get("reasoning") is True)
+    return target, where
 
 
 _MODE_ONLY_FIELDS = {"rl": ("rollouts", "rewards"), "sft": ("target", "targets")}
 
 
-def validate_group(group: Any, path: str) -> None:
-    """One train-step group: ``rl`` (request, rollouts, rewards) or ``sft`` (request, target)."""
+def validate_group(group: Any, path: str, *, imageless: bool = False) -> GroupView:
+    """One train-step group: ``rl`` (request, rollouts, rewards) or ``sft`` (request, target).
+    ``imageless``: a group stored without its image (the label store's), otherwise the same rules."""
     check_dict(group, path)
     mode = group.get("mode")
     if mode not in GROUP_MODES:
@@ -500,23 +609,70 @@ def validate_group(group: Any, path: str) -> None:
         for field in fields if other != mode else ():
             if group.get(field) is not None:
                 fail(join(path, field), f"only for {other} groups")
-    req = _group_request(group, path)
+    req, req_path = _group_request(group, path, imageless)
     if mode == "rl":
-        _check_rl(group, req["skill"], path)
-    else:
-        _check_sft(group, req, path)
+        outputs = _check_rollouts(group.get("rollouts"), req["skill"], join(path, "rollouts"))
+        where = join(path, "rewards")
+        if group.get("rewards") is None:
+            fail(where, "required for an rl group (one per rollout)")
+        rewards = check_rewards(group["rewards"], len(outputs), where)
+        return GroupView(path, mode, req, req_path, outputs, tuple(rewards))
+    target, target_path = _check_sft(group, req, path)
+    return GroupView(path, mode, req, req_path, target=target, target_path=target_path)
 
 
-def validate_train_step_body(body: Any) -> dict:
+@dataclass(frozen=True)
+class TrainStepView:
+    """What a valid ``/train_step`` body says: its groups' views and ``lr`` (None: the default)."""
+
+    finetune_id: str
+    groups: tuple[GroupView, ...]
+    lr: float | None
+
+
+def validate_train_step_body(body: Any) -> TrainStepView:
     """A ``POST /train_step`` body: finetune_id, 1-64 groups, optional lr in (0, 1]."""
     check_dict(body, "body")
     validate_finetune_id(body.get("finetune_id"))
     groups = check_list(body.get("groups"), "groups", min_len=1, max_len=MAX_GROUPS)
-    for i, group in enumerate(groups):
-        validate_group(group, join("groups", i))
+    views = tuple(validate_group(group, join("groups", i)) for i, group in enumerate(groups))
     if "lr" in body:
         check_number(body["lr"], "lr", 0, 1, lo_open=True)
-    return body
+    return TrainStepView(body["finetune_id"], views, body.get("lr"))
+
+
+@dataclass(frozen=True)
+class ResponseView:
+    """What a valid ``rollouts`` response says: the skill request, its rollouts' outputs and the
+    server's rewards (None when it computed none)."""
+
+    request: Mapping[str, Any]
+    outputs: tuple
+    rewards: tuple | None
+
+    @property
+    def skill(self) -> str:
+        return self.request["skill"]
+
+
+def validate_response(response: Any, path: str = "response") -> ResponseView:
+    """A ``rollouts`` response as a reviewer reads it: ``request`` (echoed skill request or whole
+    body, by the skill-request rules), 1-32 rollouts with outputs of that skill, and ``rewards``
+    (one per rollout) when present. Its image is not required (the picture may come separately)."""
+    check_dict(response, path)
+    where = join(path, "request")
+    req = response.get("request")
+    if req is None:
+        fail(where, "required (the request the rollouts answer)")
+    if is_rollouts_body(req):
+        req = validate_rollouts_body(req, where, require_finetune_id=False, imageless=True).request
+    else:
+        validate_skill_request(req, where, imageless=True)
+    outputs = _check_rollouts(response.get("rollouts"), req["skill"], join(path, "rollouts"))
+    rewards = response.get("rewards")
+    if rewards is not None:
+        rewards = tuple(check_rewards(rewards, len(outputs), join(path, "rewards")))
+    return ResponseView(req, outputs, rewards)
 
 
 def validate_metrics_body(body: Any) -> dict:

@@ -119,8 +119,9 @@ def test_train_from_api_groups_reports_real_figures(engine):
     flat = engine.train(adapter, opt, [{"mode": "rl", "request": request, "rollouts": rolls, "rewards": [0.5] * 8}], 2e-4)
     assert not flat.applied
     rewards = [float(k % 2) for k in range(8)]
-    sft = {"mode": "sft", "request": {"request": request}, "target": {"points": gt["points"]}}  # full-body form too
-    r = engine.train(adapter, opt, [{"mode": "rl", "request": request, "rollouts": rolls, "rewards": rewards}, sft], 2e-4)
+    sft = {"mode": "sft", "request": request, "target": {"points": gt["points"]}}
+    body = {"num_rollouts": 8, "request": request}  # an RL group may echo the whole /rollouts body (API.md A.8)
+    r = engine.train(adapter, opt, [{"mode": "rl", "request": body, "rollouts": rolls, "rewards": rewards}, sft], 2e-4)
     assert r.applied and r.reward_mean == pytest.approx(0.5) and r.reward_std == pytest.approx(0.5)
     assert r.kl is not None and r.kl >= 0 and r.grad_norm > 0 and r.sft_loss > 0
 

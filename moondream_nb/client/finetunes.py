@@ -51,9 +51,9 @@ class Finetunes:
         return next((f for f in self if f.get("name") == name), None)
 
     def frame(self, checkpoints: bool = True) -> Any:
-        """A pandas table of every finetune (see :func:`moondream_nb.frames.finetunes_frame`);
+        """A pandas table of every finetune (see :func:`moondream_nb.dataframes.finetunes_frame`);
         ``checkpoints`` adds each one's saved checkpoints (one listing per finetune)."""
-        from ..frames import finetunes_frame
+        from ..dataframes import finetunes_frame
         from .tuning import Finetune
 
         infos = list(self)
@@ -89,7 +89,7 @@ def finetunes(api_key: str | None = None, *, endpoint: str | None = None, limit:
     Returns:
         ``{"finetunes": [{finetune_id, name, rank, created_at_ms, updated_at_ms, ...}], "next_cursor", "has_more"}``;
         ``Finetunes(api_key, endpoint=...)`` iterates every page, and
-        :func:`moondream_nb.frames.finetunes_frame` makes a table of them.
+        :func:`moondream_nb.dataframes.finetunes_frame` makes a table of them.
     """
     client = Finetunes(api_key, endpoint=endpoint, **transport)
     try:

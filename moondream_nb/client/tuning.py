@@ -242,30 +242,22 @@ class Finetune:
 
     def _encode_group(self, group: Any, index: int, images: list[EncodedImage]) -> Any:
         """Shallow-copy a group, turning ``request.image`` (any image input) into ``image_url``."""
-        if not isinstance(group, Mapping):
-            return group
-        group = dict(group)
-        req = group.get("request")
-        if isinstance(req, Mapping):
-            req = dict(req)
-            inner = req.get("request")
-            if "skill" not in req and isinstance(inner, Mapping) and "image" in inner:
-                req["request"] = self._encode_request(inner, f"groups[{index}].request.request", images)
-            elif "image" in req:
-                req = self._encode_request(req, f"groups[{index}].request", images)
+        if not isinstance(group, Mapping) or not isinstance(group.get("request"), Mapping):
+            return group  # the validator names what is wrong
+        path = f"groups[{index}].request" + (".request" if protocol.is_rollouts_body(group["request"]) else "")
+
+        def encode(req: dict) -> dict:
+            if "image" in req:
+                encoded = self._encode(req.pop("image"), f"{path}.image")
+                images.append(encoded)
+                req["image_url"] = encoded.image_url
             else:  # an echoed request: its image_url is spliced into the body, not re-scanned
-                url = (inner if "skill" not in req and isinstance(inner, Mapping) else req).get("image_url")
+                url = req.get("image_url")
                 if isinstance(url, str) and url.startswith("data:") and not any(e.image_url is url for e in images):
                     images.append(self.images.of_url(url))
-            group["request"] = req
-        return group
+            return req
 
-    def _encode_request(self, req: Mapping[str, Any], path: str, images: list[EncodedImage]) -> dict:
-        req = dict(req)
-        encoded = self._encode(req.pop("image"), f"{path}.image")
-        images.append(encoded)
-        req["image_url"] = encoded.image_url
-        return req
+        return {**group, "request": protocol.replace_skill_request(group["request"], encode)}
 
     def train_step(self, groups: Sequence[Mapping[str, Any]], lr: float = 2e-4, *,
                    idempotency_key: str | None = None, **kwargs: Any) -> dict:
@@ -292,27 +284,27 @@ class Finetune:
         images: list[EncodedImage] = []
         encoded_groups = [self._encode_group(g, i, images) for i, g in enumerate(groups)]
         payload = {"finetune_id": self._finetune_id, "groups": encoded_groups, "lr": lr, **kwargs}
-        protocol.validate_train_step_body(payload)
+        view = protocol.validate_train_step_body(payload)
         result = self._transport.json(
             "POST", "/train_step", payload, timeout=self._train_timeout, idempotent=True,
             idempotency_key=idempotency_key, images=images,
         )
-        self._record_train_step(payload, result)
+        self._record_train_step(view, result)
         return result
 
-    def _record_train_step(self, payload: dict, result: dict) -> None:
-        groups = payload["groups"]
-        skills = sorted({_group_skill(g) for g in groups})
+    def _record_train_step(self, view: protocol.TrainStepView, result: dict) -> None:
+        groups = view.groups
+        skills = sorted({g.skill for g in groups})
         row: dict[str, Any] = {
             "kind": "train_step",
             "step": result.get("step"),
             "time": time.time(),
             "groups": len(groups),
-            "rl_groups": sum(g["mode"] == "rl" for g in groups),
-            "sft_groups": sum(g["mode"] == "sft" for g in groups),
-            "rollouts": sum(len(g["rollouts"]) for g in groups if g["mode"] == "rl"),
+            "rl_groups": sum(g.mode == "rl" for g in groups),
+            "sft_groups": sum(g.mode == "sft" for g in groups),
+            "rollouts": sum(len(g.outputs) for g in groups),
             "skills": ",".join(skills),
-            "lr": payload.get("lr"),
+            "lr": view.lr,
         }
         for key, value in result.items():
             if key not in row and (value is None or isinstance(value, (bool, int, float, str))):
@@ -394,11 +386,6 @@ def _as_list(value: Any) -> Any:
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping)):
         return list(value)
     return value
-
-
-def _group_skill(group: Mapping[str, Any]) -> str:
-    req = group["request"]
-    return req["skill"] if "skill" in req else req["request"]["skill"]
 
 
 def ft(

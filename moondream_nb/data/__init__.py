@@ -22,7 +22,7 @@ from .fileio import FormatError
 from .jsonl import read_jsonl, write_jsonl
 from .labels import Label
 from .sft import sft_groups
-from .store import BatchRecord, LabelStore, Progress, RewardRecord, StepRecord
+from .label_store import BatchRecord, LabelStore, Progress, RewardRecord, StepRecord
 from .tabular import from_frame, from_hf
 from .yolo import read_classes, read_yolo, write_yolo
 

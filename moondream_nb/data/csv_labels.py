@@ -24,7 +24,7 @@ __all__ = ["read_csv", "write_csv", "CSV_COLUMNS"]
 
 CSV_COLUMNS = ("image_id", "skill", "prompt", "answer", "reasoning", "x", "y",
                "x_min", "y_min", "x_max", "y_max", "spatial_refs")
-_POINT, _BOX = ("x", "y"), ("x_min", "y_min", "x_max", "y_max")
+_POINT, _BOX = protocol.POINT_KEYS, protocol.BOX_KEYS
 _REQUIRED = ("image_id", "skill", "prompt")
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, overload
 
-from PIL import Image, ImageOps
+from PIL import Image
 
+from ..client.image_input import displayed_size, read_image, upright
 from ..errors import ValidationError
 from .labels import Label
 
@@ -25,7 +26,6 @@ __all__ = ["Dataset", "Item", "IMAGE_EXTENSIONS", "image_id_for", "load_image"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 _HASH_CHARS = 16  # 64 bits: collisions are negligible at any dataset size a notebook holds
-_EXIF_ORIENTATION = 0x0112
 
 
 def image_id_for(image: Image.Image | bytes | bytearray | memoryview) -> str:
@@ -47,26 +47,8 @@ def image_id_for(image: Image.Image | bytes | bytearray | memoryview) -> str:
 def load_image(source: str | os.PathLike | bytes) -> Image.Image:
     """Decode a file path or encoded bytes, apply the EXIF orientation (as the client does before
     encoding, so normalized coordinates mean the same picture everywhere)."""
-    import io
-
-    what = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "image bytes"
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as img:
-            return ImageOps.exif_transpose(img)  # a loaded copy; the file is closed on return
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValidationError(f"{what}: cannot open image ({exc})") from exc
-
-
-def _file_size(path: str) -> tuple[int, int]:
-    """(width, height) as displayed, from the header only (no pixel decode)."""
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):  # rotated by 90°
-                w, h = h, w
-            return w, h
-    except OSError as exc:
-        raise ValidationError(f"{path}: cannot open image ({exc})") from exc
+    what = os.path.abspath(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else "image"
+    return upright(read_image(source, what))
 
 
 class _ImageCache:
@@ -120,7 +102,7 @@ class Item:
     def size(self) -> tuple[int, int]:
         """(width, height) in pixels; read from the file header when the image is a file."""
         if self.path is not None:
-            return _file_size(self.path)
+            return displayed_size(self.path)
         return self.image.size
 
     def labels_for(self, skill: str | None = None, prompt: str | None = None) -> list[Label]:

@@ -20,7 +20,6 @@ from ..errors import ValidationError
 __all__ = ["Label", "LabelKey"]
 
 LabelKey = tuple  # (image_id, skill, prompt, refs_key): one label per key
-_BOX_KEYS = ("x_min", "y_min", "x_max", "y_max")
 
 
 def _num(value: Any) -> Any:
@@ -50,7 +49,7 @@ def _box(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _num(v) for k, v in value.items()}
     if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 4:
-        return dict(zip(_BOX_KEYS, map(_num, value)))
+        return dict(zip(protocol.BOX_KEYS, map(_num, value)))
     return value
 
 

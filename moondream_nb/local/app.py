@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
+from .. import protocol
 from ..errors import ValidationError
 from . import openapi as oa
 from .disk import storage_problem
@@ -299,7 +300,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ValidationError)
     async def _invalid(request: Request, exc: ValidationError) -> Response:
-        status = 413 if "image must be at most" in exc.message else 400
+        status = 413 if exc.code == protocol.TOO_LARGE else 400
         return problem_response(Problem(status, exc.message, exc.param))
 
     @app.exception_handler(IdempotencyMismatch)

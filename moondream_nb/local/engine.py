@@ -14,7 +14,7 @@ import io
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -24,7 +24,7 @@ from .model import VLM, Adapter, Config, preprocess
 from .sampler import Row, generate
 from .train import Example, RLGroup, StepResult, train_step
 from ..errors import ValidationError
-from ..protocol import join
+from ..protocol import GroupView, join, validate_group
 from .weights import BASE, load_base_into, read_meta
 
 MAX_PIXELS = 16_000_000
@@ -44,11 +44,13 @@ MIN_ANSWER_ROOM = 8  # tokens a prompt must leave free for the answer
 
 
 class ImageError(ValueError):
-    """The image cannot be used: bad data URL, not an image, or too large (``too_large``)."""
+    """The image cannot be used: bad data URL, not an image, or too large (``too_large``);
+    ``param`` is its field path when known."""
 
-    def __init__(self, message: str, too_large: bool = False):
+    def __init__(self, message: str, too_large: bool = False, param: str | None = None):
         super().__init__(message)
         self.too_large = too_large
+        self.param = param
 
 
 FORMATS = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/png": "PNG", "image/webp": "WEBP", "image/gif": "GIF"}
@@ -134,9 +136,17 @@ class Engine:
         # A text-only query still needs image cells to attend to: a uniform grey square.
         return Prepared(torch.zeros(3, tk.RES, tk.RES), tk.Frame.of(tk.RES, tk.RES))
 
-    def _image_of(self, request: dict[str, Any]) -> Prepared:
+    def _image_of(self, request: Mapping[str, Any]) -> Prepared:
         url = request.get("image_url")
         return self.prepare(url) if url else self._blank()
+
+    def prepare_at(self, request: Mapping[str, Any], path: str) -> Prepared:
+        """The request's image decoded (cached), or a blank one; ImageError names ``path.image_url``."""
+        try:
+            return self._image_of(request)
+        except ImageError as exc:
+            where = join(path, "image_url")
+            raise ImageError(f"{where}: {str(exc).removeprefix('image_url:').strip()}", exc.too_large, where) from None
 
     # ---- sampling
 
@@ -167,16 +177,14 @@ class Engine:
             samples = generate(self.model, memory, [row] * n, adapter, gen)
         return [self._rollout(skill, prep.frame, s.tokens, s.finish_reason, reasoning) for s in samples]
 
-    def check_fits(self, request: dict[str, Any], path: str, output: dict[str, Any] | None = None,
-                   output_path: str = "") -> None:
-        """Raise ValidationError when ``request`` (plus ``output`` to train on) overflows the context.
+    def check_fits(self, request: Mapping[str, Any], path: str) -> None:
+        """Raise ValidationError when ``request``'s prompt leaves no room for an answer.
 
         The protocol allows 1,000-character questions; the built-in model reads 320 tokens. Token
         counts do not depend on the image, so this runs before any image is decoded.
         """
-        frame = tk.Frame.of(tk.RES, tk.RES)
         skill = request["skill"]
-        prompt = len(tk.prompt_tokens(frame, request))
+        prompt = len(tk.prompt_tokens(tk.Frame.of(tk.RES, tk.RES), request))
         limit = self.model.cfg.max_len
         if prompt + MIN_ANSWER_ROOM > limit:
             field = "question" if skill == "query" else "object" if skill in ("point", "detect") else "length"
@@ -187,13 +195,16 @@ class Engine:
                 f"{where}: the prompt takes {prompt} tokens; the built-in model reads {limit}, "
                 f"{MIN_ANSWER_ROOM} of them for the answer (1 token per UTF-8 byte, 2-4 per spatial ref)",
                 param=where)
-        if output is not None:
-            reasoning = skill == "query" and bool(request.get("reasoning"))
-            answer = len(tk.answer_tokens(frame, skill, trainable(skill, output), reasoning=reasoning))
-            if prompt + answer - 1 > limit:
-                raise ValidationError(
-                    f"{output_path}: prompt and answer take {prompt + answer} tokens; the built-in model "
-                    f"reads {limit}", param=output_path)
+
+    def _check_example(self, example: Example, path: str) -> Example:
+        """``example`` when its prompt and answer fit the context, else ValidationError naming ``path``
+        (its tokens, computed here, are the ones the step trains on)."""
+        prompt, answer, _ = example.tokens
+        limit = self.model.cfg.max_len
+        if len(prompt) + len(answer) - 1 > limit:
+            raise ValidationError(f"{path}: prompt and answer take {len(prompt) + len(answer)} tokens; the built-in "
+                                  f"model reads {limit}", param=path)
+        return example
 
     @staticmethod
     def _rollout(skill: str, frame: tk.Frame, toks: list[int], finish: str, reasoning: bool) -> dict[str, Any]:
@@ -232,34 +243,56 @@ class Engine:
 
     # ---- training
 
-    def train(self, adapter: Adapter, optimizer: torch.optim.Optimizer, groups: Sequence[dict[str, Any]], lr: float) -> StepResult:
-        """One train step from API groups (RL: request/rollouts/rewards; SFT: request/target)."""
+    def step_input(self, groups: Sequence[GroupView]) -> "StepInput":
+        """A train step's groups as the trainer's examples: each distinct image decoded once, each
+        answer made trainable and tokenized once (the length check reads the tokens the step trains on).
+
+        Raises:
+            ValidationError: a prompt or prompt + answer too long, naming the field.
+            ImageError: an image that cannot be used, naming the field (``param``).
+        """
         keys: dict[str, int] = {}
         tensors: list[torch.Tensor] = []
         rl: list[RLGroup] = []
         sft: list[Example] = []
-
-        def image_index(request: dict[str, Any]) -> tuple[int, tk.Frame]:
-            url = request.get("image_url") or ""
-            prep = self._image_of(request)
-            if url not in keys:
-                keys[url] = len(tensors)
-                tensors.append(prep.tensor)
-            return keys[url], prep.frame
-
         for g in groups:
-            request = skill_request(g["request"])
-            idx, frame = image_index(request)
-            if g["mode"] == "rl":
-                rl.append(RLGroup([Example(idx, frame, request, r["output"]) for r in g["rollouts"]], list(g["rewards"])))
+            self.check_fits(g.request, g.request_path)
+            prep = self.prepare_at(g.request, g.request_path)
+            idx = keys.setdefault(g.request.get("image_url") or "", len(tensors))
+            if idx == len(tensors):
+                tensors.append(prep.tensor)
+            request = dict(g.request)
+            if g.mode == "rl":
+                examples = [self._check_example(Example(idx, prep.frame, request, trainable(g.skill, out)),
+                                                g.output_path(i)) for i, out in enumerate(g.outputs)]
+                rl.append(RLGroup(examples, list(g.rewards)))
             else:
-                target = g["target"] if g.get("target") is not None else g["targets"][0]
-                sft.append(Example(idx, frame, request, trainable(request["skill"], target)))
+                sft.append(self._check_example(Example(idx, prep.frame, request, trainable(g.skill, g.target)),
+                                               g.target_path))
+        return StepInput(torch.stack(tensors), rl, sft)
+
+    def train(self, adapter: Adapter, optimizer: torch.optim.Optimizer, groups: Sequence[Mapping[str, Any]],
+              lr: float) -> StepResult:
+        """One train step from API groups (in process: validated here, as the server does on receipt)."""
+        views = [validate_group(g, f"groups[{i}]") for i, g in enumerate(groups)]
+        return self.train_on(adapter, optimizer, self.step_input(views), lr)
+
+    def train_on(self, adapter: Adapter, optimizer: torch.optim.Optimizer, step: "StepInput", lr: float) -> StepResult:
+        """One train step over :meth:`step_input`'s examples (RL groups and SFT examples)."""
         try:
             with torch.enable_grad():
-                return train_step(self.model, adapter, optimizer, torch.stack(tensors), rl, sft, lr * LR_SCALE)
+                return train_step(self.model, adapter, optimizer, step.images, step.rl, step.sft, lr * LR_SCALE)
         finally:
             release_memory()
+
+
+@dataclass
+class StepInput:
+    """What one train step trains on: the distinct images (one row each), RL groups, SFT examples."""
+
+    images: torch.Tensor
+    rl: list[RLGroup]
+    sft: list[Example]
 
 
 def _trimmer() -> Any:
@@ -281,13 +314,7 @@ def release_memory() -> None:
         _malloc_trim(0)
 
 
-def skill_request(request: dict[str, Any]) -> dict[str, Any]:
-    """An RL/SFT group's ``request``: the echoed skill request, or the full /rollouts body."""
-    inner = request.get("request")
-    return inner if isinstance(inner, dict) and "skill" in inner else request
-
-
-def trainable(skill: str, output: dict[str, Any]) -> dict[str, Any]:
+def trainable(skill: str, output: Mapping[str, Any]) -> Mapping[str, Any]:
     """An output or SFT target in the tokenizer's shape: a point target given as boxes → their centres."""
     if skill == "point" and output.get("points") is None and output.get("boxes") is not None:
         return {"points": [{"x": (b["x_min"] + b["x_max"]) / 2, "y": (b["y_min"] + b["y_max"]) / 2}

@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 from typing import IO, Any, Sequence
 
-from .runner import KEYS_ENV, READY_PREFIX, is_loopback, mask, new_api_key, unwritable, url_host
+from .server_process import KEYS_ENV, READY_PREFIX, is_loopback, mask, new_api_key, unwritable, url_host
 
 LOG_NAME = "server.log"
 

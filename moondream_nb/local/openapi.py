@@ -12,8 +12,7 @@ from .. import protocol as p
 
 UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 POINT = {"type": "object", "required": ["x", "y"], "properties": {"x": UNIT, "y": UNIT}}
-BOX = {"type": "object", "required": ["x_min", "y_min", "x_max", "y_max"],
-       "properties": {k: UNIT for k in ("x_min", "y_min", "x_max", "y_max")}}
+BOX = {"type": "object", "required": list(p.BOX_KEYS), "properties": {k: UNIT for k in p.BOX_KEYS}}
 TEXT = {"type": "string", "minLength": 1, "maxLength": p.MAX_TEXT_CHARS}
 IMAGE_URL = {"type": "string", "pattern": "^data:image/[a-z]+;base64,", "description": "base64 data URL"}
 SETTINGS = {"type": "object", "additionalProperties": False, "properties": {

@@ -12,12 +12,13 @@ import math
 import re
 import secrets
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 from .. import protocol
-from ..errors import ValidationError
+from ..errors import STATUS_ERRORS, ValidationError
 from ..rewards import reward
-from .engine import Engine, ImageError, skill_request
+from .engine import Engine, ImageError, StepInput
 from .finetunes import Live, Registry
 from .model import Adapter
 from .store import Finetune, Idem, Store
@@ -31,24 +32,26 @@ _MODEL_ID = re.compile(r"^[^/]+/(?P<finetune_id>[^/@]+)@(?P<step>\d{1,16})$")
 class Problem(Exception):
     """A request that cannot be served: HTTP ``status`` with the protocol's error fields."""
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             405: "invalid_request_error", 408: "invalid_request_error", 409: "conflict_error",
-             413: "invalid_request_error", 429: "rate_limit_error", 500: "server_error", 503: "server_error",
-             507: "server_error"}
-    CODES = {400: "invalid_request", 401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed",
-             408: "request_timeout", 409: "conflict", 413: "too_large", 429: "server_busy", 500: "internal_error",
-             503: "unavailable", 507: "insufficient_storage"}
-
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
-        self.code = code or self.CODES.get(status, "error")
+        known = STATUS_ERRORS.get(status)
+        self.type = known[1] if known else "error"
+        self.code = code or (known[2] if known else "error")
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.TYPES.get(self.status, "error"),
-                          "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@contextmanager
+def image_problems() -> Iterator[None]:
+    """An image the engine cannot use becomes the 400 (413 when too large) naming its field."""
+    try:
+        yield
+    except ImageError as exc:
+        raise Problem(413 if exc.too_large else 400, str(exc), exc.param) from None
 
 
 def not_found(what: str, param: str | None = None) -> Problem:
@@ -95,16 +98,10 @@ class Service:
                             "another API key)", param)
         return ft
 
-    def prepare(self, request: dict[str, Any], path: str) -> None:
+    def prepare(self, request: Mapping[str, Any], path: str) -> None:
         """Decode the request's image now, so a bad one is a 400/413 naming its field."""
-        url = request.get("image_url")
-        if url:
-            try:
-                self.engine.prepare(url)
-            except ImageError as exc:
-                message = str(exc).removeprefix("image_url:").strip()
-                where = protocol.join(path, "image_url")
-                raise Problem(413 if exc.too_large else 400, f"{where}: {message}", where) from None
+        with image_problems():
+            self.engine.prepare_at(request, path)
 
     def _state(self, owner: str, finetune_id: str, live: Live):
         """The finetune (re-read under its lock: it may have been deleted meanwhile) and its state."""
@@ -142,51 +139,36 @@ class Service:
     # --- rollouts and train steps -------------------------------------------------------
 
     def rollouts(self, owner: str, body: Any) -> dict:
-        protocol.validate_rollouts_body(body)
-        ft = self.finetune(owner, body["finetune_id"])
-        request = body["request"]
+        view = protocol.validate_rollouts_body(body)
+        ft = self.finetune(owner, view.finetune_id)
+        request = view.request
         self.engine.check_fits(request, "request")
         self.prepare(request, "request")
         live = self.registry.live(ft.finetune_id)
         with live.lock.read():
             _, state = self._state(owner, ft.finetune_id, live)
             # Step 0 is the base model (LoRA B starts at zero): skip the adapter's arithmetic.
-            rollouts = self.engine.sample(request, body["num_rollouts"], state.adapter if state.step else None)
+            rollouts = self.engine.sample(request, view.num_rollouts, state.adapter if state.step else None)
         rewards = None
-        if body.get("ground_truth") is not None:
-            rewards = [reward(request["skill"], r["output"], body["ground_truth"]) for r in rollouts]
+        if view.ground_truth is not None:
+            rewards = [reward(view.skill, r["output"], view.ground_truth) for r in rollouts]
         return {"request": request, "rollouts": rollouts, "rewards": rewards}
 
-    def _check_groups(self, groups: list[dict]) -> None:
-        for i, group in enumerate(groups):
-            path = f"groups[{i}]"
-            req = skill_request(group["request"])
-            req_path = f"{path}.request" + (".request" if req is not group["request"] else "")
-            self.engine.check_fits(req, req_path)
-            if group["mode"] == "rl":
-                for j, rollout in enumerate(group["rollouts"]):
-                    self.engine.check_fits(req, req_path, rollout["output"], f"{path}.rollouts[{j}].output")
-            else:
-                key = "target" if group.get("target") is not None else "targets"
-                target = group[key] if key == "target" else group[key][0]
-                self.engine.check_fits(req, req_path, target, f"{path}.{key}")
-            self.prepare(req, req_path)
-
     def train_step(self, owner: str, body: Any, idem: Idem | None) -> dict:
-        protocol.validate_train_step_body(body)
+        view = protocol.validate_train_step_body(body)
         if (hit := self.store.idem_get(idem)) is not None:
             return hit
-        ft = self.finetune(owner, body["finetune_id"])
-        groups = body["groups"]
-        self._check_groups(groups)
-        lr = float(body.get("lr", DEFAULT_LR))
+        ft = self.finetune(owner, view.finetune_id)
+        with image_problems():
+            step = self.engine.step_input(view.groups)
+        lr = float(view.lr if view.lr is not None else DEFAULT_LR)
         live = self.registry.live(ft.finetune_id)
         with live.lock.write():
             if (hit := self.store.idem_get(idem)) is not None:  # a twin finished while we waited
                 return hit
             ft, state = self._state(owner, ft.finetune_id, live)
             try:
-                return self._apply(ft, live, state, groups, lr, idem)
+                return self._apply(ft, live, state, view, step, lr, idem)
             except FloatingPointError:
                 self.registry.forget(live)
                 raise Problem(400, "lr: the step produced a non-finite gradient and was not applied; "
@@ -195,17 +177,18 @@ class Service:
                 self.registry.forget(live)  # memory may be ahead of disk: reload the committed step
                 raise
 
-    def _apply(self, ft: Finetune, live: Live, state, groups: list[dict], lr: float, idem: Idem | None) -> dict:
-        result = self.engine.train(state.adapter, state.optimizer, groups, lr)
+    def _apply(self, ft: Finetune, live: Live, state, view: protocol.TrainStepView, step_input: StepInput, lr: float,
+               idem: Idem | None) -> dict:
+        result = self.engine.train_on(state.adapter, state.optimizer, step_input, lr)
         step = state.step + 1 if result.applied else state.step
         response = {"step": step, "applied": result.applied, "kl": finite(result.kl), "router_kl": None,
                     "grad_norm": finite(result.grad_norm), "reward_mean": finite(result.reward_mean),
                     "reward_std": finite(result.reward_std), "sft_loss": finite(result.sft_loss)}
         if not result.applied:
             return self.store.idem_put(idem, response)
-        rl = sum(g["mode"] == "rl" for g in groups)
+        rl = sum(g.mode == "rl" for g in view.groups)
         self.registry.write_step(ft.finetune_id, state, step)  # weights first, then the row
-        self.store.commit_step(ft.finetune_id, step, lr, rl, len(groups) - rl, response, response, idem)
+        self.store.commit_step(ft.finetune_id, step, lr, rl, len(view.groups) - rl, response, response, idem)
         state.step = step
         self.registry.prune(ft.finetune_id, step)
         return response

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from ..protocol import BOX_KEYS
+
 RES = 96  # model input side (pixels)
 GRID = 12  # image cells per side
 OFFS = 16  # offset bins per cell side
@@ -130,7 +132,7 @@ def ref_tokens(frame: Frame, ref: Sequence[float]) -> list[int]:
     """A spatial reference ([x, y] or [x_min, y_min, x_max, y_max]) → prompt tokens."""
     if len(ref) == 2:
         return point_tokens(*frame.to_model(ref[0], ref[1]))
-    return box_tokens(frame, dict(zip(("x_min", "y_min", "x_max", "y_max"), ref)))
+    return box_tokens(frame, dict(zip(BOX_KEYS, ref)))
 
 
 def _sort_key(frame: Frame, x: float, y: float) -> tuple[int, float]:

@@ -23,8 +23,8 @@ from ..widgets._shapes import normalize_layers
 from .auto import auto_default
 from .controls import Action, SessionView, TrainStatus, session_bundle
 from .lookahead import Lookahead
-from .prefill import Prefetch
-from .tasks import Prompt, check_skill, fit_target, output_target, prompt_for, rollout_kwargs, truth_for
+from .prefetch import Prefetch
+from .item_prompts import Prompt, check_skill, fit_target, prompt_for, rollout_kwargs, truth_for
 from .training import Job, batch_job, queue_for, resume_batches
 
 __all__ = ["LabelingSession"]
@@ -241,7 +241,7 @@ class LabelingSession:
                 who = "the model's answer"
         except MoondreamError as exc:
             return None, f"an empty answer (the model call failed: {exc})"
-        return output_target(self.skill, output, reasoning=self.reasoning), who
+        return protocol.output_target(self.skill, output, reasoning=self.reasoning), who
 
     def _refresh(self, status: str) -> None:
         p = self.progress

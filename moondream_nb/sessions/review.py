@@ -31,8 +31,8 @@ from ..widgets.reviewer import REWARD_MODES
 from .auto import auto_default
 from .controls import Action, SessionView, TrainStatus, session_bundle
 from .lookahead import Lookahead
-from .tasks import Prompt, check_skill, prompt_for, rollout_kwargs, truth_for
-from .training import Job, TrainQueue, UncertainStep, batch_job, queue_for, resume_batches
+from .item_prompts import Prompt, check_skill, prompt_for, rollout_kwargs, truth_for
+from .training import Job, TrainQueue, batch_job, queue_for, resume_batches
 
 __all__ = ["ReviewSession", "Pending"]
 

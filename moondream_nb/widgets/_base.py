@@ -17,7 +17,8 @@ import anywidget
 import ipywidgets
 import traitlets as t
 
-from ._image import MAX_DISPLAY_SIDE, display_bytes, to_pil
+from ..client.image_input import read_image
+from ._image import MAX_DISPLAY_SIDE, display_bytes
 
 
 @lru_cache(maxsize=None)
@@ -160,7 +161,7 @@ class ImagePanel(Panel):
 
         The bytes are at most ``max_side`` pixels on the long side; ``image_size`` stays the original.
         """
-        pil = to_pil(image, path, draft_side=max_side)
+        pil = read_image(image, path, draft_side=max_side)
         data, mime, size = display_bytes(pil, max_side)
         self._pil = pil
         return {"_image": ImageData(data=data, mime=mime), "image_size": list(size)}

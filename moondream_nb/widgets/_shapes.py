@@ -11,9 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import protocol
+from ..protocol import BOX_KEYS
 
-BOX_KEYS = ("x_min", "y_min", "x_max", "y_max")
-POINT_KEYS = ("x", "y")
 _OPTIONAL = {"color": str, "label": str, "group": int}
 
 # Distinct, colour-blind-friendlier palette (Tableau 10 + extras); rollout i gets PALETTE[i % n].

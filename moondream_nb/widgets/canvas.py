@@ -8,7 +8,7 @@ import traitlets as t
 
 from ._base import ImagePanel, esm
 from ._shapes import normalize_layers, split
-from ._static import overlay_jpeg
+from ._preview import overlay_jpeg
 
 MODES = ("view", "point", "box", "select")
 

@@ -12,7 +12,8 @@ import traitlets as t
 
 from .. import metrics, protocol, rewards
 from ._base import ImageData, Panel, esm
-from ._image import display_bytes, to_pil
+from ..client.image_input import read_image
+from ._image import display_bytes
 from ._shapes import color_of, output_cell, output_shapes, truth_compact
 
 BASE = -1  # the column of the base model (no finetune)
@@ -88,7 +89,7 @@ class CheckpointBrowser(Panel):
             if skill != "query":
                 for i, gt in enumerate(ground_truth):
                     protocol.validate_ground_truth(skill, gt, f"ground_truth[{i}]")
-        pils = [to_pil(img, f"images[{i}]") for i, img in enumerate(images)]
+        pils = [read_image(img, f"images[{i}]") for i, img in enumerate(images)]
         encoded = [display_bytes(p, _PREVIEW_SIDE) for p in pils]
         text = request.get("question") if skill == "query" else request.get("object")
         super().__init__(skill=skill, prompt=f"{skill}: {text}", width=width, _images=[ImageData(data=e[0], mime=e[1]) for e in encoded],
@@ -173,7 +174,7 @@ class CheckpointBrowser(Panel):
     @property
     def frame(self) -> Any:
         """Scores of the last run: one column per model, one row per image, plus ``mean`` (pandas)."""
-        from ..frames import scores_frame
+        from ..dataframes import scores_frame
 
         return scores_frame({c["label"]: [cell.get("score") for cell in c["cells"]] for c in self.columns})
 

@@ -14,7 +14,7 @@ from typing import Any
 import traitlets as t
 
 from .. import protocol
-from ..frames import FIGURES
+from ..dataframes import FIGURES
 from ..plots import METRIC_RANGES
 from ._base import Panel, esm
 
@@ -76,7 +76,7 @@ class MetricsPanel(Panel):
     @property
     def frame(self) -> Any:
         """``frames.history_frame(ft.history)``: one row per step (pandas DataFrame)."""
-        from ..frames import history_frame
+        from ..dataframes import history_frame
 
         return history_frame(_history(self._ft))
 

@@ -11,54 +11,10 @@ import traitlets as t
 from .. import protocol
 from ._base import ImagePanel, esm
 from ._image import MAX_DISPLAY_SIDE, request_image
-from ._shapes import BOX_KEYS, color_of, output_shapes, truth_compact
-from ._static import overlay_jpeg
+from ._shapes import color_of, output_shapes, truth_compact
+from ._preview import overlay_jpeg
 
 REWARD_MODES = ("binary", "scale", "rank")
-
-
-def skill_request(response: Mapping) -> dict:
-    """The skill request of a response (the echoed request, or the inner one of a full body)."""
-    req = response.get("request")
-    if isinstance(req, dict) and "skill" not in req and isinstance(req.get("request"), dict):
-        return req["request"]
-    return req
-
-
-def validate_response(response: Any, path: str = "response") -> tuple[str, list]:
-    """Check a ``rollouts`` response: ``request.skill``, ``rollouts`` outputs, ``rewards`` length.
-
-    Returns:
-        ``(skill, rollouts)``.
-    Raises:
-        ValidationError: naming the field, e.g. ``response.rollouts[3].output.points``.
-    """
-    protocol.check_dict(response, path)
-    req = skill_request(response)
-    protocol.check_dict(req, f"{path}.request")
-    skill = req.get("skill")
-    if skill not in protocol.SKILLS:
-        protocol.fail(f"{path}.request.skill", f"must be one of {', '.join(protocol.SKILLS)}", skill)
-    rollouts = protocol.check_list(response.get("rollouts"), f"{path}.rollouts", min_len=1,
-                                   max_len=protocol.MAX_GROUP_ROLLOUTS)
-    for i, rollout in enumerate(rollouts):
-        protocol.check_dict(rollout, f"{path}.rollouts[{i}]")
-        protocol.check_output(skill, rollout.get("output"), f"{path}.rollouts[{i}].output")
-    rewards = response.get("rewards")
-    if rewards is not None:
-        check_rewards(rewards, len(rollouts), f"{path}.rewards")
-    return skill, rollouts
-
-
-def check_rewards(rewards: Any, n: int, path: str = "rewards") -> list[float]:
-    """``n`` finite numbers (one per rollout) as floats; raises ValidationError naming ``path[i]``."""
-    rewards = protocol.check_list(rewards, path)
-    if len(rewards) != n:
-        protocol.fail(path, f"expected {n} rewards, one per rollout", len(rewards))
-    for i, r in enumerate(rewards):
-        if not protocol.is_number(r):
-            protocol.fail(f"{path}[{i}]", "must be a finite number", r)
-    return [float(r) for r in rewards]
 
 
 def _compact(skill: str, output: Mapping) -> dict:
@@ -67,7 +23,7 @@ def _compact(skill: str, output: Mapping) -> dict:
     if skill == "point":
         out["p"] = [[p["x"], p["y"]] for p in output.get("points") or []]
     elif skill == "detect":
-        out["b"] = [[o[k] for k in BOX_KEYS] for o in output.get("objects") or []]
+        out["b"] = [[o[k] for k in protocol.BOX_KEYS] for o in output.get("objects") or []]
     else:
         out["answer"] = output.get("answer") or ""
         reasoning = output.get("reasoning")
@@ -121,7 +77,7 @@ class RolloutReviewer(ImagePanel):
     has_image = t.Bool(False).tag(sync=True)
     _rollouts = t.List(t.Dict()).tag(sync=True)
     colors = t.List(t.Unicode()).tag(sync=True)
-    rewards = t.Any([]).tag(sync=True)  # validated by check_rewards (errors name rewards[i])
+    rewards = t.Any([]).tag(sync=True)  # validated by protocol.check_rewards (errors name rewards[i])
     reward_mode = t.Unicode("binary").tag(sync=True)
     selected = t.Int(-1).tag(sync=True)
     status = t.Unicode("").tag(sync=True)
@@ -132,14 +88,14 @@ class RolloutReviewer(ImagePanel):
 
     def __init__(self, response: Mapping, image: Any = None, rewards: str = "binary", *, width: int = 640,
                  ground_truth: Mapping | None = None, **kwargs: Any) -> None:
-        skill, rollouts = validate_response(response)
+        view = protocol.validate_response(response)
+        skill, rollouts = view.skill, response["rollouts"]
         if ground_truth is not None:
             protocol.validate_ground_truth(skill, ground_truth, "ground_truth")
         if rewards not in REWARD_MODES:
             protocol.fail("rewards", f"must be one of {', '.join(REWARD_MODES)}", rewards)
         self.response = response
-        self.server_rewards = (check_rewards(response["rewards"], len(rollouts), "response.rewards")
-                               if response.get("rewards") is not None else None)
+        self.server_rewards = list(view.rewards) if view.rewards is not None else None
         start = list(self.server_rewards) if self.server_rewards is not None else [0.0] * len(rollouts)
         image = image if image is not None else request_image(response)
         self._pil = None
@@ -149,7 +105,7 @@ class RolloutReviewer(ImagePanel):
                        dict(self._image_state(image, "image", max_side=min(MAX_DISPLAY_SIDE, max(640, 2 * width))),
                             has_image=True))
         super().__init__(
-            **image_state, skill=skill, prompt=prompt_of(skill_request(response)), reward_mode=rewards,
+            **image_state, skill=skill, prompt=prompt_of(view.request), reward_mode=rewards,
             width=width, _rollouts=[_compact(skill, r["output"]) for r in rollouts],
             colors=[color_of(i) for i in range(len(rollouts))], rewards=start, truth=truth_compact(ground_truth),
             scored=[self.server_rewards is not None] * len(rollouts), **kwargs)
@@ -160,7 +116,7 @@ class RolloutReviewer(ImagePanel):
 
     @t.validate("rewards")
     def _valid_rewards(self, proposal: Any) -> list[float]:
-        return check_rewards(proposal["value"], len(self.response["rollouts"]))
+        return protocol.check_rewards(proposal["value"], len(self.response["rollouts"]))
 
     @t.observe("rewards")
     def _mark_scored(self, change: Any) -> None:
@@ -181,13 +137,11 @@ class RolloutReviewer(ImagePanel):
     def group(self) -> dict:
         """An RL group for ``ft.train_step``: the echoed request, the rollouts, :attr:`rewards`.
 
-        Raises:
-            ValidationError: naming the field (e.g. ``group.rewards[2]``) if anything is off.
+        Nothing is checked again here: the response was checked when the reviewer was made and
+        each change of :attr:`rewards` as it was made.
         """
-        group = {"mode": "rl", "request": self.response["request"], "rollouts": list(self.rollouts),
-                 "rewards": [float(r) for r in self.rewards]}
-        protocol.validate_group(group, "group")
-        return group
+        return {"mode": "rl", "request": self.response["request"], "rollouts": list(self.rollouts),
+                "rewards": [float(r) for r in self.rewards]}
 
     def on_submit(self, fn: Callable[["RolloutReviewer"], Any]) -> Callable:
         """Call ``fn(reviewer)`` on Enter or the Submit button (usable as a decorator)."""

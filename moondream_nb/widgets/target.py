@@ -13,7 +13,7 @@ from ._base import Panel, esm
 from ._image import request_image
 from ._shapes import normalize_layers, split
 from .canvas import ImageCanvas
-from .reviewer import prompt_of, skill_request, validate_response
+from .reviewer import prompt_of
 
 NAV_ACTIONS = ("next", "previous", "skip")
 
@@ -120,19 +120,11 @@ class TargetEditor(ImageCanvas):
 
         The SFT group then trains on the response's echoed request.
         """
-        skill, rollouts = validate_response(response)
-        if not protocol.is_int(i) or not 0 <= i < len(rollouts):
-            protocol.fail("i", f"must be a rollout index from 0 to {len(rollouts) - 1}", i)
-        req = skill_request(response)
-        output = rollouts[i]["output"]
-        if skill == "point":
-            initial: dict = {"points": output.get("points") or []}
-        elif skill == "detect":
-            initial = {"boxes": output.get("objects") or []}
-        else:
-            initial = {"answer": output.get("answer") or ""}
-            if req.get("reasoning"):
-                initial["reasoning"] = {"text": (output.get("reasoning") or {}).get("text") or ""}
+        view = protocol.validate_response(response)
+        skill, req = view.skill, view.request
+        if not protocol.is_int(i) or not 0 <= i < len(view.outputs):
+            protocol.fail("i", f"must be a rollout index from 0 to {len(view.outputs) - 1}", i)
+        initial = protocol.output_target(skill, view.outputs[i], reasoning=bool(req.get("reasoning")))
         image = image if image is not None else request_image(response)
         return cls(image, skill, object=req.get("object"), question=req.get("question"), initial=initial,
                    reasoning=bool(req.get("reasoning")), request=req, **kwargs)

@@ -10,7 +10,7 @@ import time
 import requests
 
 from moondream_nb.local import serve
-from moondream_nb.local.runner import KEYS_ENV, READY_PREFIX
+from moondream_nb.local.server_process import KEYS_ENV, READY_PREFIX
 from moondream_nb import connect
 
 START_LIMIT_S = 10.0

@@ -6,7 +6,6 @@ and "save & next" there take as long as the train step they trigger."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +17,7 @@ from dataclasses import replace
 import pytest
 import requests
 
-from moondream_nb.data import Dataset, LabelStore, demo_dataset
+from moondream_nb.data import Dataset, demo_dataset
 from moondream_nb.local import serve
 from moondream_nb.sessions import LabelingSession, ReviewSession, UncertainStep
 from moondream_nb.sessions.lookahead import Lookahead
@@ -144,6 +143,7 @@ def test_drop_gives_up_on_a_failed_step_and_the_queue_goes_on(tmp_path, cloudy, 
     finally:
         ft.train_step = real
     assert "ConnectionError: simulated" in session._train.text()
+    assert session.wait(60)  # the next scene's rollouts may still be on their way (a busy machine)
     session.reviewer.rewards = [0.0, 1.0, 0.0, 0.0]
     session.reviewer.submit()  # queued behind the failure: order is kept
     time.sleep(0.3)

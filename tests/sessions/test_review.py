@@ -143,3 +143,24 @@ def test_display_shows_the_metrics_picture_when_finished(ft):
     assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["image/png"][:4] == b"\x89PNG"
     assert "'ground_truth': 2" in bundle["text/plain"]
     session.close()
+
+
+@pytest.mark.parametrize("skill", ["point", "detect"])
+def test_a_stored_group_echoing_the_whole_rollouts_body_trains_after_reopening(tmp_path, stars, ft, skill):
+    """Issue 23 asked whether ``RewardRecord.group`` puts the image on the outer level of a whole
+    /rollouts body (which the server would refuse with ``image_url: required``): it puts it inside."""
+    from moondream_nb.data import LabelStore
+
+    item = stars[0]
+    resp = ft.rollouts(skill, image=item.image, object="star", num_rollouts=4)
+    body = {"finetune_id": ft.finetune_id, "num_rollouts": 4, "request": resp["request"]}  # API.md A.8's other shape
+    with LabelStore(tmp_path / "whole.sqlite") as store:
+        store.add_rewards({"mode": "rl", "request": body, "rollouts": resp["rollouts"], "rewards": [1, 0, 0, 1]},
+                          image_id=item.image_id)
+    with LabelStore(tmp_path / "whole.sqlite") as store:  # reopened: nothing of the first process is left
+        (record,) = store.rewards()
+        assert "image_url" not in record.request["request"] and record.request["num_rollouts"] == 4
+        group = record.group(item.image)
+    assert "image" in group["request"]["request"] and "image" not in group["request"]
+    result = ft.train_step([group])
+    assert result["applied"] and result["reward_mean"] == pytest.approx(0.5)

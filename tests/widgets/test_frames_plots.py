@@ -1,4 +1,4 @@
-"""frames.py and plots.py: pandas views and matplotlib figures, imported lazily."""
+"""dataframes.py and plots.py: pandas views and matplotlib figures, imported lazily."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from moondream_nb import frames, plots
+from moondream_nb import dataframes as frames, plots
 
 
 def test_modules_import_without_pandas_or_matplotlib():
-    code = ("import sys, moondream_nb.frames, moondream_nb.plots; "
+    code = ("import sys, moondream_nb.dataframes, moondream_nb.plots; "
             "print([m for m in ('pandas', 'matplotlib') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from moondream_nb.errors import ValidationError
-from moondream_nb.frames import history_frame
+from moondream_nb.dataframes import history_frame
 from moondream_nb.plots import smooth
 from moondream_nb.widgets import MetricsPanel
 

@@ -60,18 +60,6 @@ def rollout_kwargs(item: Item, skill: str, prompt: str, *, reasoning: bool = Fal
     return kwargs
 
 
-def output_target(skill: str, output: dict, *, reasoning: bool = False) -> dict:
-    """A rollout's or inference call's ``output`` as an SFT target of the same skill."""
-    if skill == "point":
-        return {"points": [{"x": p["x"], "y": p["y"]} for p in output.get("points") or []]}
-    if skill == "detect":
-        return {"boxes": [{k: o[k] for k in ("x_min", "y_min", "x_max", "y_max")} for o in output.get("objects") or []]}
-    target: dict[str, Any] = {"answer": output.get("answer") or ""}
-    if reasoning:
-        target["reasoning"] = {"text": ((output.get("reasoning") or {}).get("text")) or ""}
-    return target
-
-
 def fit_target(skill: str, target: dict, *, reasoning: bool) -> dict:
     """``target`` adjusted to the session's request: query reasoning kept only when asked for."""
     target = dict(target)

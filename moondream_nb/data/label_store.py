@@ -28,8 +28,6 @@ __all__ = ["BatchRecord", "LabelStore", "Progress", "RewardRecord", "StepRecord"
 SCHEMA_VERSION = 2  # v2: train batches (v1 files are upgraded in place)
 STATUSES = ("done", "skipped")
 _IMAGE_KEYS = ("image", "image_url")
-# Stands in for a stripped image when an RL group is validated (protocol wants image_url).
-_PLACEHOLDER_IMAGE = "data:image/jpeg;base64,"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -143,12 +141,7 @@ class BatchRecord:
 
 def _with_image(request: Mapping[str, Any], image: Any) -> dict:
     """``request`` with ``image`` where it was stripped from (a full /rollouts body: its inner request)."""
-    out = dict(request)
-    if "skill" not in out and isinstance(out.get("request"), Mapping):
-        out["request"] = _with_image(out["request"], image)
-    else:
-        out["image"] = image
-    return out
+    return protocol.replace_skill_request(request, lambda req: {**req, "image": image})
 
 
 def _dumps(value: Any, what: str) -> str:
@@ -160,10 +153,7 @@ def _dumps(value: Any, what: str) -> str:
 
 def _strip_images(request: Mapping[str, Any]) -> dict:
     """A request without its image (the image id says which one); nested /rollouts bodies too."""
-    out = {k: v for k, v in request.items() if k not in _IMAGE_KEYS}
-    if isinstance(out.get("request"), Mapping):
-        out["request"] = _strip_images(out["request"])
-    return out
+    return protocol.replace_skill_request(request, lambda req: {k: v for k, v in req.items() if k not in _IMAGE_KEYS})
 
 
 class LabelStore:
@@ -479,10 +469,9 @@ class LabelStore:
         """
         protocol.check_dict(group, "group")
         request = _strip_images(protocol.check_dict(group.get("request"), "group.request"))
-        check = {"mode": "rl", "request": _with_placeholder(request), "rollouts": group.get("rollouts"),
-                 "rewards": group.get("rewards")}
-        protocol.validate_group(check, "group")
-        rewards = [float(r) for r in group["rewards"]]
+        view = protocol.validate_group({"mode": "rl", "request": request, "rollouts": group.get("rollouts"),
+                                        "rewards": group.get("rewards")}, "group", imageless=True)
+        rewards = list(view.rewards)
         with self._write() as cur:
             cur.execute("INSERT INTO rewards (image_id, request, rollouts, rewards, source, created_at) "
                         "VALUES (?, ?, ?, ?, ?, ?)",
@@ -608,12 +597,3 @@ class _Tally:
 
 def _id_of(x: Any) -> str:
     return x if isinstance(x, str) else x.image_id
-
-
-def _with_placeholder(request: dict) -> dict:
-    out = dict(request)
-    if isinstance(out.get("request"), Mapping):
-        out["request"] = _with_placeholder(dict(out["request"]))
-    elif out.get("skill") in ("point", "detect") or out.get("spatial_refs") is not None:
-        out["image_url"] = _PLACEHOLDER_IMAGE
-    return out

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .protocol import skill_request_of
+
 # Train-step figures first, in this order, then logged metrics alphabetically.
 FIGURES = ("reward_mean", "reward_std", "kl", "router_kl", "grad_norm", "sft_loss")
 
@@ -50,8 +52,7 @@ def rollouts_frame(response: Mapping[str, Any], rewards: Sequence[float] | None 
     """
     import pandas as pd
 
-    req = response.get("request") or {}
-    req = req.get("request", req) if "skill" not in req else req
+    req = skill_request_of(response.get("request")) or {}
     skill = req.get("skill")
     rewards = rewards if rewards is not None else response.get("rewards")
     rows = []

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from ..client.images import to_rgb
+from ..client.image_input import to_rgb
 
 PREVIEW_SIDE = 640
 
