@@ -196,6 +196,19 @@ class DecoderBlock(nn.Module):
         self.ln3 = nn.LayerNorm(cfg.d)
         self.mlp = MLP(cfg.d, cfg.mlp)
 
+    def forward(self, x: torch.Tensor, cross_kv: tuple[torch.Tensor, torch.Tensor], ad: Adapter | None, *,
+                cache: "KVCache | None" = None, layer: int = 0, mask: torch.Tensor | None = None,
+                cross_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention (causal, or appending to ``cache`` at ``layer``), cross-attention to the
+        image's ``cross_kv`` (biased by ``cross_mask``), then the MLP; each pre-norm and residual."""
+        h = self.ln1(x)
+        k, v = self.self_attn.kv(h, ad)
+        if cache is not None:
+            k, v = cache.extend(layer, k, v)
+        x = x + self.self_attn.attend(h, k, v, ad, causal=cache is None, mask=mask)
+        x = x + self.cross.attend(self.ln2(x), *cross_kv, ad, mask=cross_mask)
+        return x + self.mlp(self.ln3(x), ad)
+
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(8, cout), nn.GELU())
@@ -372,15 +385,9 @@ class VLM(nn.Module):
         """Run the decoder over ``tokens`` (appending to ``cache`` when given) → logits."""
         x = self.embed(tokens, m.cells, positions)
         order = self.order(tokens, cache) if self.cfg.order_bias else None
-        for layer, (blk, (ck, cv)) in enumerate(zip(self.blocks, m.kv)):
-            h = blk.ln1(x)
-            k, v = blk.self_attn.kv(h, ad)
-            if cache is not None:
-                k, v = cache.extend(layer, k, v)
-            x = x + blk.self_attn.attend(h, k, v, ad, causal=cache is None, mask=mask)
+        for layer, (blk, cross_kv) in enumerate(zip(self.blocks, m.kv)):
             cross_mask = None if order is None else torch.einsum("btck,hk->bhtc", order, self.cross_order[layer])
-            x = x + blk.cross.attend(blk.ln2(x), ck, cv, ad, mask=cross_mask)
-            x = x + blk.mlp(blk.ln3(x), ad)
+            x = blk(x, cross_kv, ad, cache=cache, layer=layer, mask=mask, cross_mask=cross_mask)
         return self.logits(x, m, ad, order, tokens, cache)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor, image_index: torch.Tensor,
