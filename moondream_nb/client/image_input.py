@@ -101,8 +101,8 @@ class ImageInput:
                                   param=self.path) from exc
 
     def _what(self) -> str:
-        if self.kind == "path":  # a dataset names the image by its file already
-            return "image" if os.path.basename(self.value) in self.path else f"image file {self.value!r}"
+        if self.kind == "path":  # a dataset names the image by its file already: say it once
+            return "image" if self.path == self.value else f"image file {self.value!r}"
         return {"bytes": "the image bytes", "data_url": "the data URL"}[self.kind]
 
 

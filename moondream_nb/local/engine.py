@@ -261,7 +261,7 @@ class Engine:
             idx = keys.setdefault(g.request.get("image_url") or "", len(tensors))
             if idx == len(tensors):
                 tensors.append(prep.tensor)
-            request = dict(g.request)
+            request = g.request
             if g.mode == "rl":
                 examples = [self._check_example(Example(idx, prep.frame, request, trainable(g.skill, out)),
                                                 g.output_path(i)) for i, out in enumerate(g.outputs)]
