@@ -355,7 +355,8 @@ class ReviewSession:
             with self._cond:
                 if self._closing:
                     return
-                self._accept(pending, response, response["rewards"], "ground_truth")
+                self._accept(pending, {"mode": "rl", "request": response["request"], "rollouts": response["rollouts"],
+                                       "rewards": [float(r) for r in response["rewards"]]}, "ground_truth")
                 self._outstanding -= 1
                 self._cond.notify_all()
                 if self.pending is None:
@@ -433,7 +434,7 @@ class ReviewSession:
             source = "auto" if self._standing_in else "human"
             if source == "human" and self._shown_at is not None:
                 self._lookahead.person_took(time.monotonic() - self._shown_at)
-            self._accept(self.pending, group, group["rewards"], source)
+            self._accept(self.pending, group, source)
             self._outstanding -= 1
             self._cond.notify_all()
             self._show_next()
@@ -453,10 +454,8 @@ class ReviewSession:
             self._cond.notify_all()
             self._show_next()
 
-    def _accept(self, pending: Pending, group_or_response: dict, rewards: list, source: str) -> None:
-        """(Under the lock.) Record a scored request; a full group makes a train step."""
-        group = {"mode": "rl", "request": group_or_response["request"], "rollouts": group_or_response["rollouts"],
-                 "rewards": [float(r) for r in rewards]}
+    def _accept(self, pending: Pending, group: dict, source: str) -> None:
+        """(Under the lock.) Record a scored RL group; a full batch of them makes a train step."""
         if self.store is not None:  # one transaction: rewards, the item done, and it listed as unsent
             self._record_ids.append(self.store.add_rewards(
                 group, image_id=pending.image_id, source=source, done=True,
